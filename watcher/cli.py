@@ -1,0 +1,480 @@
+"""The `watcher` command line: parse options, call one service function, print.
+
+Heavy libraries (requests, SQLAlchemy, Jinja2, APScheduler, Rich) are imported inside the
+commands that need them, so `watcher --help` starts fast. Errors the user can act on are
+`WatcherError`s and end as one line on stderr: exit 2 for usage/config, 1 at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from watcher import __version__
+from watcher.config import Config, check_nct_id, load_config
+from watcher.errors import ConfigError, WatcherError
+
+if TYPE_CHECKING:
+    from watcher.registry import Registry
+    from watcher.store import Store, StoredChange
+    from watcher.sync import CheckedStudy, SyncReport
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class App:
+    """What a command needs, built on first use."""
+
+    def __init__(self, config_arg: str | None) -> None:
+        self.config_arg = config_arg
+        self._config: Config | None = None
+        self._store: Store | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_arg)
+        return self._config
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            from watcher.store import Store
+
+            self._store = Store(self.config.database_path)
+        return self._store
+
+    def registry(self) -> Registry:
+        from watcher.registry import Registry
+
+        return Registry(self.config.ctgov)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+class WatcherGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WatcherError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing was half-written.", err=True)
+            ctx.exit(130)
+        finally:
+            if isinstance(ctx.obj, App):
+                ctx.obj.close()
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+    )
+
+
+@click.group(cls=WatcherGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "-c",
+    "config_arg",
+    metavar="FILE",
+    help="Config file (default: $WATCHER_CONFIG, else ./watcher.toml).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="warning",
+    show_default=True,
+    help="How much to log on stderr.",
+)
+@click.version_option(__version__, prog_name="trial watcher")
+@click.pass_context
+def cli(ctx: click.Context, config_arg: str | None, log_level: str) -> None:
+    """Watch ClinicalTrials.gov trials and searches, record what changes, tell subscribers.
+
+    \b
+    Start with:  watcher --config config.example.toml sync
+    Then:        watcher changes
+    """
+    setup_logging(log_level)
+    ctx.obj = App(config_arg)
+
+
+def main() -> None:
+    cli(prog_name="watcher")
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _nct_ids(values: Sequence[str]) -> list[str]:
+    try:
+        return list(dict.fromkeys(check_nct_id(v) for v in values))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.0f} KB"
+    return f"{n / 1024 / 1024:.1f} MB"
+
+
+def _plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def _stamp(value: str | None) -> str:
+    return value.replace("T", " ")[:16] if value else "unknown"
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime:
+    """ISO 8601 date/time, 'today', 'yesterday', or an age like '7d' / '12h' → naive UTC."""
+    now = now or datetime.now(UTC).replace(tzinfo=None)
+    text = value.strip().lower()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if text == "today":
+        return midnight
+    if text == "yesterday":
+        return midnight - timedelta(days=1)
+    match = re.fullmatch(r"(\d+)\s*([hdw])", text)
+    if match:
+        hours = int(match[1]) * {"h": 1, "d": 24, "w": 168}[match[2]]
+        return now - timedelta(hours=hours)
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f'--since: "{value}" is not a date '
+            '(use ISO 8601 like 2026-11-24 or 2026-11-24T09:00Z, "today", or an age like "7d")'
+        ) from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr when it is a terminal; nothing otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("fetching updated records"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("fetch", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+# --- sync / check ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
+@click.pass_obj
+def sync(app: App, quiet: bool) -> None:
+    """Poll every watch once and record what changed.
+
+    Asks the registry's /version first: when its data has not moved since the last sync
+    and the watches are the same, nothing else is requested.
+    """
+    from watcher.sync import run_sync
+
+    config, store = app.config, app.store
+    with app.registry() as registry, _progress(not quiet) as progress:
+        report = run_sync(config, store, registry, progress=progress)
+    if not quiet:
+        click.echo(format_sync_report(report))
+
+
+def format_sync_report(report: SyncReport) -> str:
+    if report.outcome == "unchanged":
+        return (
+            f"Registry data unchanged since the last sync ({_stamp(report.data_timestamp)}); "
+            f"nothing to do ({_plural(report.requests, 'request')})."
+        )
+    lines = [
+        f"Registry data of {_stamp(report.data_timestamp)}"
+        + (
+            " (new since the last sync)"
+            if report.previous_timestamp and report.previous_timestamp != report.data_timestamp
+            else ""
+        )
+    ]
+    width = max((len(w.name) for w in report.watches), default=0)
+    for w in report.watches:
+        parts = [_plural(w.members, "trial")]
+        if w.baseline:
+            parts.append("baseline stored; changes are reported from the next sync")
+        else:
+            parts += [f"{w.updated:,} updated"] if w.updated else []
+            parts += [f"{w.new:,} new"] if w.new else []
+            parts += [f"{w.left:,} left the search"] if w.left else []
+        lines.append(f"{w.name.ljust(width)}  " + " · ".join(parts))
+        for nct_id in w.missing:
+            lines.append(f"{''.ljust(width)}  ! {nct_id} was not found in the registry")
+    traffic = f"{_plural(report.requests, 'request')} ({_size(report.bytes)})"
+    summary = f"{_plural(report.changes, 'change')} recorded in {traffic} in {report.seconds:.1f} s."
+    if report.changes:
+        summary += "  See them: watcher changes --since today"
+    lines.append(summary)
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("nct_ids", nargs=-1, required=True, metavar="NCT_ID...")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def check(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
+    """Check trials now: show their key facts and what changed since the last stored record.
+
+    Changes found are recorded exactly as a sync would record them.
+    """
+    from watcher.sync import run_check
+
+    ids = _nct_ids(nct_ids)
+    config, store = app.config, app.store
+    with app.registry() as registry:
+        report = run_check(config, store, registry, ids)
+    if as_json:
+        _print_json(
+            {
+                "studies": [_checked_json(s) for s in report.studies],
+                "missing": report.missing,
+                "requests": report.requests,
+            }
+        )
+    else:
+        blocks = [format_checked(s) for s in report.studies]
+        blocks += [f"{n}  not found in ClinicalTrials.gov" for n in report.missing]
+        click.echo("\n\n".join(blocks))
+    if report.missing:
+        raise click.exceptions.Exit(1)
+
+
+def _checked_json(study: CheckedStudy) -> dict[str, Any]:
+    from watcher.wording import describe_all
+
+    return {
+        "nct_id": study.nct_id,
+        "requested": study.requested,
+        "facts": _facts_json(study.record),
+        "first_check": study.first_check,
+        "changes": [
+            {"kind": c.kind, "field": c.field, "old": c.old, "new": c.new, "site": c.site} for c in study.changes
+        ],
+        "summary": [line.text for line in describe_all(study.changes)],
+        "watches": study.watches,
+    }
+
+
+def _facts_json(record: dict[str, Any]) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from watcher.wording import facts
+
+    f = facts(record)
+    return {**asdict(f), "url": f.url}
+
+
+def format_facts(record: dict[str, Any], note: str | None = None) -> list[str]:
+    import textwrap
+
+    from watcher.wording import facts
+
+    f = facts(record)
+    title = textwrap.wrap(f.title, 68) or [""]
+    lines = [f"{f.nct_id}  {title[0]}"] + [f"{'':13}{t}" for t in title[1:]]
+    status = f.status + (f" (last known: {f.last_known})" if f.last_known else "")
+    if f.why_stopped:
+        status += f' · "{f.why_stopped}"'
+    rows = [
+        ("Status", status),
+        ("Enrollment", f.enrollment),
+        ("Dates", f.dates),
+        ("Sites", f.sites),
+        ("Results", f.results),
+        ("Phase", f.phases),
+        ("Sponsor", f.sponsor),
+        ("Record", f"{f.url} · last updated {f.last_update or 'unknown'}"),
+    ]
+    lines += [f"  {k:<12} {v}" for k, v in rows]
+    if note:
+        lines.append(note)
+    return lines
+
+
+def format_checked(study: CheckedStudy) -> str:
+    from watcher.wording import describe_all
+
+    lines = format_facts(study.record)
+    if study.requested != study.nct_id:
+        lines.append(f"  ({study.requested} is an old ID of {study.nct_id})")
+    lines.append("")
+    if study.first_check:
+        lines.append("  First check: this record is now stored; later checks and syncs report what changes.")
+    else:
+        since = f" ({study.previous_check:%Y-%m-%d})" if study.previous_check else ""
+        described = describe_all(study.changes)
+        if described:
+            lines.append(f"  Changed since the last stored record{since}:")
+            for line in described:
+                lines.append(f"  • {line.text}" + (f' ("{line.quote}")' if line.quote else ""))
+        else:
+            lines.append(f"  No change since the last stored record{since}.")
+    return "\n".join(lines)
+
+
+# --- reading the log -------------------------------------------------------------------
+
+
+def _titles(store: Store, nct_ids: Sequence[str]) -> dict[str, str | None]:
+    from watcher.store import study_rows
+
+    with store.read() as session:
+        return {n: row.brief_title for n, row in study_rows(session, nct_ids).items()}
+
+
+def _change_json(change: StoredChange, titles: dict[str, str | None]) -> dict[str, Any]:
+    from watcher.wording import describe
+
+    return {**change.as_json(), "title": titles.get(change.nct_id), "summary": describe(change).text}
+
+
+@cli.command()
+@click.option("--since", metavar="WHEN", help='Only changes detected since WHEN (ISO 8601, "today", "7d").')
+@click.option("--watch", "watch_names", multiple=True, metavar="NAME", help="Only changes in this watch (repeatable).")
+@click.option("--nct", "nct_ids", multiple=True, metavar="NCT_ID", help="Only changes of this trial (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array for scripts.")
+@click.pass_obj
+def changes(app: App, since: str | None, watch_names: tuple[str, ...], nct_ids: tuple[str, ...], as_json: bool) -> None:
+    """The change log, oldest first."""
+    from watcher.store import query_changes
+
+    moment = parse_since(since) if since else None
+    ids = _nct_ids(nct_ids)
+    config = app.config
+    for name in watch_names:
+        config.watch(name)
+    with app.store.read() as session:
+        found = query_changes(session, since=moment, watches=list(watch_names) or None, nct_ids=ids or None)
+    titles = _titles(app.store, sorted({c.nct_id for c in found}))
+    if as_json:
+        _print_json([_change_json(c, titles) for c in found])
+        return
+    if not found:
+        click.echo("No changes recorded" + (f" since {moment:%Y-%m-%d %H:%M} UTC" if moment else "") + ".")
+        return
+    click.echo(format_changes(found, titles))
+
+
+def format_changes(found: Sequence[StoredChange], titles: dict[str, str | None]) -> str:
+    from watcher.wording import describe
+
+    lines = []
+    for c in found:
+        watches = f"  [{', '.join(c.watches)}]" if c.watches else ""
+        lines.append(f"#{c.id:<5} {c.detected_at:%Y-%m-%d %H:%M}  {c.nct_id}  {describe(c).text}{watches}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("nct_ids", nargs=-1, required=True, metavar="NCT_ID...")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array for scripts.")
+@click.pass_obj
+def show(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
+    """The stored facts of trials (no request to the registry)."""
+    from watcher.store import iso, load_records, study_rows, watches_of
+
+    ids = _nct_ids(nct_ids)
+    with app.store.read() as session:
+        records = load_records(session, ids)
+        rows = study_rows(session, ids)
+        member_of = watches_of(session, ids)
+    unknown = [n for n in ids if n not in records]
+    if as_json:
+        _print_json(
+            [
+                {
+                    **_facts_json(records[n]),
+                    "watches": member_of.get(n, []),
+                    "first_seen_at": iso(rows[n].first_seen_at),
+                    "checked_at": iso(rows[n].checked_at),
+                    "changed_at": iso(rows[n].changed_at),
+                }
+                for n in ids
+                if n in records
+            ]
+        )
+    else:
+        blocks = []
+        for n in ids:
+            if n in records:
+                note = f"  {'Watches':<12} {', '.join(member_of.get(n, [])) or 'none (checked by hand)'}"
+                note += f"\n  {'Stored':<12} fetched {rows[n].checked_at:%Y-%m-%d %H:%M} UTC"
+                blocks.append("\n".join(format_facts(records[n], note)))
+        if blocks:
+            click.echo("\n\n".join(blocks))
+    if unknown:
+        raise WatcherError(f"{', '.join(unknown)}: not stored yet; run: watcher check {' '.join(unknown)}")
+
+
+@cli.command()
+@click.argument("nct_id", metavar="NCT_ID")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array for scripts.")
+@click.pass_obj
+def history(app: App, nct_id: str, as_json: bool) -> None:
+    """A trial's change timeline, as recorded here."""
+    from watcher.store import query_changes, study_rows
+
+    [nct] = _nct_ids([nct_id])
+    with app.store.read() as session:
+        row = study_rows(session, [nct]).get(nct)
+        found = query_changes(session, nct_ids=[nct])
+    if row is None and not found:
+        raise WatcherError(f"{nct}: not stored yet; run: watcher check {nct}")
+    titles = {nct: row.brief_title if row else None}
+    if as_json:
+        _print_json([_change_json(c, titles) for c in found])
+        return
+    from watcher.wording import describe
+
+    click.echo(f"{nct}  {titles[nct] or ''}".rstrip())
+    if row is not None:
+        click.echo(f"  {row.first_seen_at:%Y-%m-%d}  first stored")
+    for c in found:
+        click.echo(f"  {c.detected_at:%Y-%m-%d}  {describe(c).text}")
+    if not found:
+        click.echo("  no change recorded since")

@@ -1,0 +1,31 @@
+"""The exceptions trial watcher raises on purpose.
+
+Each carries a message written for a person (one line, what and where) and the exit code
+the CLI uses: 2 for usage and configuration errors, 1 for failures at run time.
+"""
+
+from __future__ import annotations
+
+
+class WatcherError(Exception):
+    """Base class: an error a user should see as one line, never as a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(WatcherError):
+    """The config file or a command-line value is wrong; nothing was done."""
+
+    exit_code = 2
+
+
+class RegistryError(WatcherError):
+    """ClinicalTrials.gov failed, refused or answered something that is not usable data."""
+
+
+class StoreError(WatcherError):
+    """The database could not be opened or is busy."""
+
+
+class DeliveryError(WatcherError):
+    """A digest could not be delivered."""

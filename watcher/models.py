@@ -1,0 +1,86 @@
+"""SQLModel tables. Timestamps are naive UTC datetimes (SQLite has no time zones)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel, UniqueConstraint
+
+
+class Study(SQLModel, table=True):
+    """The current stored state of one study (its latest snapshot)."""
+
+    nct_id: str = Field(primary_key=True)
+    snapshot_id: int = Field(foreign_key="snapshot.id")
+    brief_title: str | None = None
+    overall_status: str | None = None
+    last_update: str | None = None  # lastUpdatePostDate: only used to skip refetching
+    first_seen_at: datetime
+    checked_at: datetime
+    changed_at: datetime | None = None
+
+
+class Snapshot(SQLModel, table=True):
+    """A distinct version of a study record, stored once however often it is polled."""
+
+    __table_args__ = (UniqueConstraint("nct_id", "content_hash"),)
+    id: int | None = Field(default=None, primary_key=True)
+    nct_id: str = Field(index=True)
+    content_hash: str
+    record: bytes  # zlib-compressed canonical JSON
+    data_timestamp: str | None = None
+    stored_at: datetime
+
+
+class Membership(SQLModel, table=True):
+    """A study belonging to a watch, by explicit ID, by its search, or both."""
+
+    watch: str = Field(primary_key=True)
+    nct_id: str = Field(primary_key=True, index=True)
+    by_id: bool = False
+    by_search: bool = False
+    since: datetime
+
+
+class WatchState(SQLModel, table=True):
+    """One row per watch whose baseline is stored; `fingerprint` of its definition then."""
+
+    name: str = Field(primary_key=True)
+    fingerprint: str
+    baseline_at: datetime
+
+
+class Change(SQLModel, table=True):
+    """The append-only change log."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    nct_id: str = Field(index=True)
+    kind: str
+    field: str | None = None
+    old_json: str | None = None
+    new_json: str | None = None
+    site_json: str | None = None
+    detected_at: datetime = Field(index=True)
+    run_id: int | None = Field(default=None, foreign_key="syncrun.id")
+
+
+class ChangeWatch(SQLModel, table=True):
+    """Which watches a change belongs to (a study can be in several)."""
+
+    change_id: int = Field(foreign_key="change.id", primary_key=True)
+    watch: str = Field(primary_key=True, index=True)
+
+
+class SyncRun(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = "sync"  # sync | check
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: str = "running"  # running | ok | unchanged | failed
+    data_timestamp: str | None = None
+    watches_fingerprint: str | None = None
+    requests: int = 0
+    bytes: int = 0
+    studies: int = 0
+    changes: int = 0
+    error: str | None = None

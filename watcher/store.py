@@ -1,0 +1,386 @@
+"""The SQLite store: opening it, transactions, and the queries the rest of the code needs.
+
+SQLite runs in WAL mode with a busy timeout, so readers (`watcher changes`) never wait for
+a writer. A writer takes the write lock up front (BEGIN IMMEDIATE) and holds it for its
+whole transaction: one sync or one check is one transaction, all or nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlmodel import Session, SQLModel, col, delete, func, select
+
+from watcher import models
+from watcher.differ import Change, get_path, nct_id_of
+from watcher.errors import StoreError
+
+BUSY_TIMEOUT_S = 120
+
+
+def utcnow() -> datetime:
+    """The one clock of the store: naive UTC, to the second."""
+    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() + "Z" if moment else None
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.parent.is_dir():
+            raise StoreError(f"{path}: the folder for the database does not exist")
+        self.engine = _engine(path)
+        try:
+            SQLModel.metadata.create_all(self.engine)
+        except sa_exc.OperationalError as exc:
+            raise StoreError(f"{path}: cannot open the database ({exc.orig})") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self.engine.connect() as conn, Session(bind=conn) as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One all-or-nothing transaction holding the write lock; rolled back on any error."""
+        with self.engine.connect() as conn:
+            conn.execution_options(write_lock=True)
+            with Session(bind=conn, expire_on_commit=False) as session:
+                try:
+                    yield session
+                    session.commit()
+                except sa_exc.OperationalError as exc:
+                    session.rollback()
+                    if "locked" in str(exc.orig):
+                        raise StoreError(f"{self.path}: the database stayed busy for {BUSY_TIMEOUT_S} s") from None
+                    raise StoreError(f"{self.path}: database error ({exc.orig})") from None
+                except BaseException:
+                    session.rollback()
+                    raise
+
+
+def _engine(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" hook below emits BEGIN
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write_lock") else "BEGIN")
+
+    return engine
+
+
+# --- studies and snapshots ---------------------------------------------------------------
+
+
+def load_records(session: Session, nct_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    ids = list(nct_ids)
+    records: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), 500):
+        rows = session.exec(
+            select(models.Study.nct_id, models.Snapshot.record)
+            .join(models.Snapshot, col(models.Snapshot.id) == col(models.Study.snapshot_id))
+            .where(col(models.Study.nct_id).in_(ids[start : start + 500]))
+        )
+        for nct_id, blob in rows:
+            records[nct_id] = json.loads(zlib.decompress(blob))
+    return records
+
+
+def stored_last_updates(session: Session, nct_ids: Iterable[str] | None = None) -> dict[str, str | None]:
+    query = select(models.Study.nct_id, models.Study.last_update)
+    if nct_ids is None:
+        return dict(session.exec(query).all())
+    ids = list(nct_ids)
+    result: dict[str, str | None] = {}
+    for start in range(0, len(ids), 500):
+        result.update(session.exec(query.where(col(models.Study.nct_id).in_(ids[start : start + 500]))).all())
+    return result
+
+
+def save_record(
+    session: Session, record: dict[str, Any], data_timestamp: str | None, now: datetime, changed: bool
+) -> None:
+    """Store `record` as the study's current state (a new snapshot only if its content is new)."""
+    nct_id = nct_id_of(record)
+    assert nct_id
+    body = canonical(record)
+    digest = hashlib.sha256(body).hexdigest()
+    snapshot_id = session.exec(
+        select(models.Snapshot.id).where(models.Snapshot.nct_id == nct_id, models.Snapshot.content_hash == digest)
+    ).first()
+    if snapshot_id is None:
+        snapshot = models.Snapshot(
+            nct_id=nct_id,
+            content_hash=digest,
+            record=zlib.compress(body, 6),
+            data_timestamp=data_timestamp,
+            stored_at=now,
+        )
+        session.add(snapshot)
+        session.flush()
+        snapshot_id = snapshot.id
+    assert snapshot_id is not None
+    study = session.get(models.Study, nct_id)
+    facts = {
+        "snapshot_id": snapshot_id,
+        "brief_title": get_path(record, ("protocolSection", "identificationModule", "briefTitle")),
+        "overall_status": get_path(record, ("protocolSection", "statusModule", "overallStatus")),
+        "last_update": get_path(record, ("protocolSection", "statusModule", "lastUpdatePostDateStruct", "date")),
+        "checked_at": now,
+    }
+    if study is None:
+        session.add(models.Study(nct_id=nct_id, first_seen_at=now, **facts))
+    else:
+        for key, value in facts.items():
+            setattr(study, key, value)
+        if changed:
+            study.changed_at = now
+        session.add(study)
+    session.flush()
+    session.expunge_all()  # keep memory flat over a long sync
+
+
+def touch_studies(session: Session, nct_ids: Iterable[str], now: datetime) -> None:
+    ids = list(nct_ids)
+    for start in range(0, len(ids), 500):
+        for study in session.exec(select(models.Study).where(col(models.Study.nct_id).in_(ids[start : start + 500]))):
+            study.checked_at = now
+            session.add(study)
+    session.flush()
+
+
+def study_rows(session: Session, nct_ids: Iterable[str]) -> dict[str, models.Study]:
+    ids = list(nct_ids)
+    rows = session.exec(select(models.Study).where(col(models.Study.nct_id).in_(ids))).all()
+    return {row.nct_id: row for row in rows}
+
+
+# --- watches and memberships -------------------------------------------------------------
+
+
+def watch_states(session: Session) -> dict[str, models.WatchState]:
+    return {row.name: row for row in session.exec(select(models.WatchState)).all()}
+
+
+def set_watch_state(session: Session, name: str, fingerprint: str, now: datetime) -> None:
+    state = session.get(models.WatchState, name)
+    if state is None:
+        session.add(models.WatchState(name=name, fingerprint=fingerprint, baseline_at=now))
+    else:
+        state.fingerprint = fingerprint
+        session.add(state)
+
+
+def memberships(session: Session, watch: str) -> dict[str, models.Membership]:
+    rows = session.exec(select(models.Membership).where(models.Membership.watch == watch)).all()
+    return {row.nct_id: row for row in rows}
+
+
+def watches_of(session: Session, nct_ids: Iterable[str]) -> dict[str, list[str]]:
+    ids = list(nct_ids)
+    result: dict[str, list[str]] = {}
+    for start in range(0, len(ids), 500):
+        rows = session.exec(
+            select(models.Membership.nct_id, models.Membership.watch)
+            .where(col(models.Membership.nct_id).in_(ids[start : start + 500]))
+            .order_by(col(models.Membership.watch))
+        )
+        for nct_id, watch in rows:
+            result.setdefault(nct_id, []).append(watch)
+    return result
+
+
+def replace_memberships(session: Session, watch: str, members: dict[str, tuple[bool, bool]], now: datetime) -> None:
+    """Make the watch's members exactly `members` (nct_id → (by_id, by_search))."""
+    current = memberships(session, watch)
+    gone = [nct_id for nct_id in current if nct_id not in members]
+    for start in range(0, len(gone), 500):
+        session.exec(  # type: ignore[call-overload]
+            delete(models.Membership).where(
+                models.Membership.watch == watch, col(models.Membership.nct_id).in_(gone[start : start + 500])
+            )
+        )
+    for nct_id, (by_id, by_search) in members.items():
+        row = current.get(nct_id)
+        if row is None:
+            session.add(models.Membership(watch=watch, nct_id=nct_id, by_id=by_id, by_search=by_search, since=now))
+        elif (row.by_id, row.by_search) != (by_id, by_search):
+            row.by_id, row.by_search = by_id, by_search
+            session.add(row)
+    session.flush()
+
+
+def forget_watches(session: Session, keep: Iterable[str]) -> None:
+    """Drop memberships and state of watches no longer in the config."""
+    names = list(keep)
+    session.exec(delete(models.Membership).where(col(models.Membership.watch).not_in(names)))  # type: ignore[call-overload]
+    session.exec(delete(models.WatchState).where(col(models.WatchState.name).not_in(names)))  # type: ignore[call-overload]
+
+
+# --- changes -------------------------------------------------------------------------------
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def add_change(session: Session, change: Change, watches: Sequence[str], now: datetime, run_id: int | None) -> None:
+    row = models.Change(
+        nct_id=change.nct_id,
+        kind=change.kind,
+        field=change.field,
+        old_json=_dump(change.old),
+        new_json=_dump(change.new),
+        site_json=_dump(change.site),
+        detected_at=now,
+        run_id=run_id,
+    )
+    session.add(row)
+    session.flush()
+    assert row.id is not None
+    for watch in dict.fromkeys(watches):
+        session.add(models.ChangeWatch(change_id=row.id, watch=watch))
+
+
+@dataclass(frozen=True)
+class StoredChange:
+    id: int
+    nct_id: str
+    kind: str
+    field: str | None
+    old: Any
+    new: Any
+    site: dict[str, Any] | None
+    detected_at: datetime
+    watches: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "nct_id": self.nct_id,
+            "kind": self.kind,
+            "field": self.field,
+            "old": self.old,
+            "new": self.new,
+            "site": self.site,
+            "detected_at": iso(self.detected_at),
+            "watches": list(self.watches),
+        }
+
+
+def query_changes(
+    session: Session,
+    since: datetime | None = None,
+    watches: Sequence[str] | None = None,
+    nct_ids: Sequence[str] | None = None,
+    after_id: int | None = None,
+    ids: Sequence[int] | None = None,
+) -> list[StoredChange]:
+    query = select(models.Change).order_by(col(models.Change.id))
+    if since is not None:
+        query = query.where(models.Change.detected_at >= since)
+    if nct_ids:
+        query = query.where(col(models.Change.nct_id).in_(list(nct_ids)))
+    if after_id is not None:
+        query = query.where(col(models.Change.id) > after_id)
+    if ids is not None:
+        query = query.where(col(models.Change.id).in_(list(ids)))
+    if watches:
+        query = query.where(
+            col(models.Change.id).in_(
+                select(models.ChangeWatch.change_id).where(col(models.ChangeWatch.watch).in_(list(watches)))
+            )
+        )
+    rows = session.exec(query).all()
+    links: dict[int, list[str]] = {}
+    row_ids = [r.id for r in rows]
+    for start in range(0, len(row_ids), 500):
+        for change_id, watch in session.exec(
+            select(models.ChangeWatch.change_id, models.ChangeWatch.watch)
+            .where(col(models.ChangeWatch.change_id).in_(row_ids[start : start + 500]))
+            .order_by(col(models.ChangeWatch.watch))
+        ):
+            links.setdefault(change_id, []).append(watch)
+    return [
+        StoredChange(
+            id=r.id or 0,
+            nct_id=r.nct_id,
+            kind=r.kind,
+            field=r.field,
+            old=_load(r.old_json),
+            new=_load(r.new_json),
+            site=_load(r.site_json),
+            detected_at=r.detected_at,
+            watches=tuple(links.get(r.id or 0, ())),
+        )
+        for r in rows
+    ]
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+# --- sync runs --------------------------------------------------------------------------
+
+
+def last_good_sync(session: Session) -> models.SyncRun | None:
+    return session.exec(
+        select(models.SyncRun)
+        .where(models.SyncRun.kind == "sync", col(models.SyncRun.outcome).in_(["ok", "unchanged"]))
+        .order_by(col(models.SyncRun.id).desc())
+    ).first()
+
+
+def recent_runs(session: Session, limit: int = 10) -> list[models.SyncRun]:
+    return list(session.exec(select(models.SyncRun).order_by(col(models.SyncRun.id).desc()).limit(limit)).all())
+
+
+def consecutive_failures(session: Session) -> int:
+    runs = session.exec(
+        select(models.SyncRun.outcome)
+        .where(models.SyncRun.kind == "sync")
+        .order_by(col(models.SyncRun.id).desc())
+        .limit(100)
+    ).all()
+    count = 0
+    for outcome in runs:
+        if outcome != "failed":
+            break
+        count += 1
+    return count
+
+
+def count_rows(session: Session, table: type[SQLModel]) -> int:
+    return session.exec(select(func.count()).select_from(table)).one()
