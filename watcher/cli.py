@@ -149,8 +149,8 @@ def _stamp(value: str | None) -> str:
 
 
 def parse_since(value: str, now: datetime | None = None) -> datetime:
-    """ISO 8601 date/time, 'today', 'yesterday', or an age like '7d' / '12h' → naive UTC."""
-    now = now or datetime.now(UTC).replace(tzinfo=None)
+    """ISO 8601 date/time, 'today', 'yesterday', or an age like '7d' / '12h' → UTC."""
+    now = now or datetime.now(UTC)
     text = value.strip().lower()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if text == "today":
@@ -168,9 +168,7 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
             f'--since: "{value}" is not a date '
             '(use ISO 8601 like 2026-11-24 or 2026-11-24T09:00Z, "today", or an age like "7d")'
         ) from None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""SQLModel tables. Timestamps are naive UTC datetimes (SQLite has no time zones)."""
+"""SQLModel tables. Timestamps are timezone-aware UTC datetimes."""
 
 from __future__ import annotations
 

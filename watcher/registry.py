@@ -48,6 +48,23 @@ class Traffic:
     bytes: int = 0
 
 
+class _CountingRetry(Retry):
+    """urllib3's Retry, also counting each retried attempt into the client's traffic."""
+
+    traffic: Traffic | None = None
+
+    def new(self, **kw: Any) -> _CountingRetry:
+        fresh = super().new(**kw)
+        fresh.traffic = self.traffic
+        return fresh
+
+    def increment(self, *args: Any, **kwargs: Any) -> _CountingRetry:
+        fresh = super().increment(*args, **kwargs)  # raises once retries are used up
+        if self.traffic is not None:
+            self.traffic.requests += 1
+        return fresh  # type: ignore[return-value]
+
+
 def user_agent(contact: str | None) -> str:
     # Keep the library's own token: the registry's edge rejects spoofed agents.
     agent = f"{requests.utils.default_user_agent()} trial-watcher/{__version__}"
@@ -61,7 +78,7 @@ class Registry:
         self.traffic = Traffic()
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": user_agent(settings.contact), "Accept": "application/json"})
-        retry = Retry(
+        retry = _CountingRetry(
             total=settings.retries,
             connect=settings.retries,
             read=settings.retries,
@@ -74,6 +91,7 @@ class Registry:
             respect_retry_after_header=True,
             raise_on_status=False,
         )
+        retry.traffic = self.traffic
         adapter = HTTPAdapter(max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -92,27 +110,22 @@ class Registry:
     def get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
         url = f"{self.base_url}/{path.lstrip('/')}"
         tries = self.settings.retries + 1
+        self.traffic.requests += 1
         try:
             response = self.session.get(url, params=params, timeout=self.settings.timeout_s)
         except requests.exceptions.RetryError as exc:
-            self.traffic.requests += tries
             raise RegistryError(f"ClinicalTrials.gov kept failing after {tries} tries ({_reason(exc)})") from None
         except requests.exceptions.Timeout:
-            self.traffic.requests += tries
             raise RegistryError(
                 f"ClinicalTrials.gov did not answer within {self.settings.timeout_s:g} s after {tries} tries"
             ) from None
         except requests.exceptions.ConnectionError as exc:
-            self.traffic.requests += tries
             raise RegistryError(f"ClinicalTrials.gov did not answer after {tries} tries ({_reason(exc)})") from None
         except requests.exceptions.RequestException as exc:
-            self.traffic.requests += 1
             raise RegistryError(f"request to ClinicalTrials.gov failed ({exc})") from None
-        retries = getattr(getattr(response.raw, "retries", None), "history", ()) or ()
-        self.traffic.requests += 1 + len(retries)
         body = response.content
         self.traffic.bytes += len(body)
-        log.debug("GET %s -> %s (%d bytes, %d retries)", response.url, response.status_code, len(body), len(retries))
+        log.debug("GET %s -> %s (%d bytes)", response.url, response.status_code, len(body))
         if response.status_code != 200:
             raise RegistryError(_http_error(response))
         try:

@@ -30,12 +30,12 @@ BUSY_TIMEOUT_S = 120
 
 
 def utcnow() -> datetime:
-    """The one clock of the store: naive UTC, to the second."""
-    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    """The one clock of the store: UTC, to the second."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() + "Z" if moment else None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
 
 def canonical(record: dict[str, Any]) -> bytes:

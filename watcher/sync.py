@@ -264,8 +264,11 @@ def record_study(
     now: datetime,
     run_id: int | None,
 ) -> list[Change]:
-    """Store a freshly fetched record; log its changes against the stored one for `watches`."""
-    changes = diff(old, record) if old is not None and watches else []
+    """Store a freshly fetched record and log its changes against the stored one.
+
+    The changes belong to `watches` (possibly none: a trial checked by hand).
+    """
+    changes = diff(old, record) if old is not None else []
     for change in changes:
         st.add_change(session, change, watches, now, run_id)
     st.save_record(session, record, data_timestamp, now, changed=bool(changes))

@@ -1,0 +1,333 @@
+"""A fake ClinicalTrials.gov API v2: a real HTTP server on 127.0.0.1 serving a world of records.
+
+It speaks the parts of the API trial watcher uses, the way the real one does: `/version`,
+`/studies` (query.cond / query.intr / query.term, filter.overallStatus, filter.ids incl.
+alias IDs, fields, pageSize capped at 1000, opaque nextPageToken, a full last page followed
+by an empty one), `/studies/{nctId}` (301 for an alias, text/plain 404), and text/plain 400
+for unknown parameters. Switches inject faults: a status on page N, a truncated body,
+429s with Retry-After, latency. Used by the integration tests and by `bench/`.
+
+Run it by hand:  python -m tests.support.fakeapi --port 8765 [records.json ...]
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+Record = dict[str, Any]
+
+PIECES = {
+    "NCTId": "protocolSection.identificationModule.nctId",
+    "NCTIdAlias": "protocolSection.identificationModule.nctIdAliases",
+    "BriefTitle": "protocolSection.identificationModule.briefTitle",
+    "OverallStatus": "protocolSection.statusModule.overallStatus",
+    "LastUpdatePostDate": "protocolSection.statusModule.lastUpdatePostDateStruct",
+    "HasResults": "hasResults",
+}
+KNOWN_PARAMS = {
+    "query.cond", "query.intr", "query.term", "query.titles", "query.id", "filter.overallStatus", "filter.ids",
+    "filter.advanced", "fields", "pageSize", "pageToken", "countTotal", "format", "markupFormat", "sort",
+}  # fmt: skip
+
+
+def _get(record: Any, path: str) -> Any:
+    for key in path.split("."):
+        if not isinstance(record, dict):
+            return None
+        record = record.get(key)
+    return record
+
+
+def _put(target: Record, path: str, value: Any) -> None:
+    keys = path.split(".")
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+    target[keys[-1]] = value
+
+
+def project(record: Record, fields: list[str]) -> Record:
+    out: Record = {}
+    for name in fields:
+        path = PIECES.get(name, name)
+        value = _get(record, path)
+        if value is not None:
+            _put(out, path, copy.deepcopy(value))
+    return out
+
+
+def nct_id(record: Record) -> str:
+    return record["protocolSection"]["identificationModule"]["nctId"]
+
+
+def _texts(record: Record, *paths: str) -> str:
+    found: list[str] = []
+    for path in paths:
+        value = _get(record, path)
+        if isinstance(value, list):
+            for item in value:
+                found.append(json.dumps(item) if isinstance(item, dict) else str(item))
+        elif value is not None:
+            found.append(str(value))
+    return " ".join(found).lower()
+
+
+def matches(record: Record, params: dict[str, str]) -> bool:
+    cond = params.get("query.cond")
+    if cond and cond.lower().strip('"') not in _texts(
+        record,
+        "protocolSection.conditionsModule.conditions",
+        "protocolSection.conditionsModule.keywords",
+        "protocolSection.identificationModule.briefTitle",
+        "protocolSection.identificationModule.officialTitle",
+    ):
+        return False
+    intr = params.get("query.intr")
+    if intr and intr.lower().strip('"') not in _texts(
+        record,
+        "protocolSection.armsInterventionsModule.interventions",
+        "protocolSection.armsInterventionsModule.armGroups",
+    ):
+        return False
+    term = params.get("query.term")
+    if term and term.lower().strip('"') not in json.dumps(record).lower():
+        return False
+    statuses = params.get("filter.overallStatus")
+    if statuses:
+        wanted = {s.strip() for s in statuses.replace("|", ",").split(",")}
+        if _get(record, "protocolSection.statusModule.overallStatus") not in wanted:
+            return False
+    ids = params.get("filter.ids")
+    if ids:
+        wanted = {s.strip().upper() for s in ids.replace("|", ",").split(",")}
+        own = {nct_id(record), *(_get(record, "protocolSection.identificationModule.nctIdAliases") or [])}
+        if not wanted & own:
+            return False
+    return True
+
+
+@dataclass
+class Faults:
+    """Switches for the next requests. Counters go down as faults are served."""
+
+    status_on_page: dict[int, int] = field(default_factory=dict)  # page number (1-based) → HTTP status
+    status_on_page_times: int = 1_000_000  # how many times each page fault fires
+    truncate_next: int = 0  # truncate the next N /studies bodies
+    rate_limit_next: int = 0  # answer 429 to the next N requests
+    retry_after: str | None = "1"
+    server_error_next: int = 0  # answer 503 to the next N requests
+    latency_s: float = 0.0
+    version_down: bool = False
+
+
+@dataclass
+class Served:
+    path: str
+    params: dict[str, str]
+    status: int
+    bytes: int
+
+
+class FakeRegistry:
+    def __init__(self, records: Iterable[Record] = (), data_timestamp: str = "2026-11-24T09:00:05") -> None:
+        self.records: dict[str, Record] = {}
+        for record in records:
+            self.put(record)
+        self.data_timestamp = data_timestamp
+        self.faults = Faults()
+        self.log: list[Served] = []
+        self.lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+        self.thread: threading.Thread | None = None
+
+    # --- the world -------------------------------------------------------------------
+
+    def put(self, record: Record) -> None:
+        self.records[nct_id(record)] = copy.deepcopy(record)
+
+    def remove(self, study_id: str) -> None:
+        self.records.pop(study_id)
+
+    def edit(self, study_id: str, change: Callable[[Record], None], bump: bool = True) -> None:
+        """Change a record as a sponsor's update would, bumping lastUpdatePostDate."""
+        with self.lock:
+            record = self.records[study_id]
+            change(record)
+            if bump:
+                self.bump(study_id)
+
+    def bump(self, study_id: str) -> None:
+        """Administrative churn only: move lastUpdatePostDate one day on."""
+        status = self.records[study_id]["protocolSection"].setdefault("statusModule", {})
+        struct = status.setdefault("lastUpdatePostDateStruct", {"date": "2026-01-01", "type": "ACTUAL"})
+        struct["date"] = (date.fromisoformat(struct["date"]) + timedelta(days=1)).isoformat()
+
+    def refresh(self, stamp: str | None = None) -> None:
+        """The registry's nightly data refresh: a new dataTimestamp."""
+        if stamp is None:
+            day = date.fromisoformat(self.data_timestamp[:10]) + timedelta(days=1)
+            stamp = f"{day.isoformat()}T09:00:05"
+        self.data_timestamp = stamp
+
+    # --- the server ------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        assert self.server is not None
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/api/v2"
+
+    def start(self, port: int = 0) -> FakeRegistry:
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                registry._handle(self)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def __enter__(self) -> FakeRegistry:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def requests_to(self, path: str) -> list[Served]:
+        return [s for s in self.log if s.path.endswith(path)]
+
+    # --- request handling --------------------------------------------------------------
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        url = urlsplit(handler.path)
+        params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        path = url.path
+        if self.faults.latency_s:
+            time.sleep(self.faults.latency_s)
+        with self.lock:
+            status, body, headers = self._route(path, params)
+            self.log.append(Served(path, params, status, len(body)))
+        handler.send_response(status)
+        for key, value in headers.items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def _route(self, path: str, params: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        faults = self.faults
+        if faults.rate_limit_next:
+            faults.rate_limit_next -= 1
+            headers = {"Content-Type": "text/plain"}
+            if faults.retry_after is not None:
+                headers["Retry-After"] = faults.retry_after
+            return 429, b"Too Many Requests", headers
+        if faults.server_error_next:
+            faults.server_error_next -= 1
+            return 503, b"upstream connect error", {"Content-Type": "text/plain"}
+        if path == "/api/v2/version":
+            if faults.version_down:
+                return 503, b"unavailable", {"Content-Type": "text/plain"}
+            return self._json({"apiVersion": "2.0.5", "dataTimestamp": self.data_timestamp})
+        if path == "/api/v2/studies":
+            return self._studies(params)
+        if path.startswith("/api/v2/studies/"):
+            return self._study(path.rsplit("/", 1)[1], params)
+        return 404, b"<html><body>404 Not Found</body></html>", {"Content-Type": "text/html"}
+
+    @staticmethod
+    def _json(data: Any) -> tuple[int, bytes, dict[str, str]]:
+        body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        return 200, body, {"Content-Type": "application/json"}
+
+    def _studies(self, params: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        for key in params:
+            if key not in KNOWN_PARAMS:
+                return 400, f"`{key}` is unknown parameter".encode(), {"Content-Type": "text/plain"}
+        try:
+            size = int(params.get("pageSize", "10") or 10)
+        except ValueError:
+            return 400, b"pageSize must be an integer", {"Content-Type": "text/plain"}
+        size = min(size or 10, 1000)
+        offset = 0
+        if params.get("pageToken"):
+            try:
+                offset = int(base64.urlsafe_b64decode(params["pageToken"] + "==").decode().split(":")[1])
+            except (ValueError, IndexError):
+                return 400, b"Invalid page token", {"Content-Type": "text/plain"}
+        page_number = offset // size + 1
+        fault = self.faults.status_on_page.get(page_number)
+        if fault and self.faults.status_on_page_times > 0:
+            self.faults.status_on_page_times -= 1
+            return fault, b"upstream request timeout", {"Content-Type": "text/plain"}
+        hits = [r for r in self.records.values() if matches(r, params)]
+        chunk = hits[offset : offset + size]
+        fields = [f for f in params.get("fields", "").replace("|", ",").split(",") if f]
+        page: dict[str, Any] = {"studies": [project(r, fields) if fields else r for r in chunk]}
+        if params.get("countTotal") == "true" and not params.get("pageToken"):
+            page["totalCount"] = len(hits)
+        if len(chunk) == size:  # like the real API: a full page always carries a token
+            page["nextPageToken"] = base64.urlsafe_b64encode(f"p:{offset + size}".encode()).decode().rstrip("=")
+        status, body, headers = self._json(page)
+        if self.faults.truncate_next:
+            self.faults.truncate_next -= 1
+            body = body[: len(body) // 2]
+        return status, body, headers
+
+    def _study(self, wanted: str, params: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        wanted = wanted.upper()
+        if wanted in self.records:
+            return self._json(self.records[wanted])
+        for record in self.records.values():
+            if wanted in (_get(record, "protocolSection.identificationModule.nctIdAliases") or []):
+                return 301, b"", {"Location": f"/api/v2/studies/{nct_id(record)}"}
+        return 404, f"Study not found: {wanted}".encode(), {"Content-Type": "text/plain"}
+
+
+def main() -> None:
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("records", nargs="*", type=Path, help="study JSON files (default: the test world)")
+    args = parser.parse_args()
+    if args.records:
+        records = [json.loads(p.read_text()) for p in args.records]
+    else:
+        from tests.support.world import mg_world
+
+        records = list(mg_world().values())
+    fake = FakeRegistry(records).start(args.port)
+    print(f"fake ClinicalTrials.gov API serving {len(records)} studies at {fake.base_url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        fake.stop()
+
+
+if __name__ == "__main__":
+    main()

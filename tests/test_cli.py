@@ -1,0 +1,148 @@
+"""The one-off commands as a user runs them: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Runner, dump_db
+from tests.support.fakeapi import FakeRegistry
+from tests.support.world import TARGET
+
+
+def completed(fake: FakeRegistry) -> None:
+    def change(r: dict) -> None:
+        r["protocolSection"]["statusModule"].update(overallStatus="COMPLETED")
+        r["protocolSection"]["statusModule"]["completionDateStruct"] = {"date": "2019-12", "type": "ACTUAL"}
+        r["protocolSection"]["designModule"]["enrollmentInfo"] = {"count": 96, "type": "ACTUAL"}
+
+    fake.edit(TARGET, change)
+
+
+def test_check_first_time_then_changes(run: Runner, fake: FakeRegistry) -> None:
+    out = run("check", "nct01727193").stdout
+    assert out.startswith("NCT01727193  The Efficacy and Safety of Leflunomide or Azathioprine Therapy in")
+    assert "  Status       Unknown status (last known: Recruiting)\n" in out
+    assert "  Enrollment   100 participants (estimated)\n" in out
+    assert "  Sites        1 · Guangzhou, China\n" in out
+    assert "First check" in out
+    completed(fake)
+    out = run("check", TARGET).stdout
+    assert "  Status       Completed\n" in out
+    assert "Changed since the last stored record" in out
+    assert "  • Status: Unknown status → Completed\n" in out
+    assert "  • Completion: Jan 2020 (estimated) → Dec 2019 (actual) (1 month earlier)\n" in out
+    assert "  • Enrollment: 100 → 96\n" in out
+    assert "No change since the last stored record" in run("check", TARGET).stdout
+
+
+def test_check_records_changes_once_shared_with_sync(run: Runner, fake: FakeRegistry) -> None:
+    run("sync")
+    completed(fake)
+    run("check", TARGET)
+    fake.refresh()
+    run("sync")
+    found = json.loads(run("changes", "--json").stdout)
+    assert [c["field"].rsplit(".", 1)[1] for c in found] == ["overallStatus", "date", "type", "count", "type"]
+    assert all(c["watches"] == ["mg-azathioprine"] for c in found)
+
+
+def test_check_unknown_trial_exits_1(run: Runner, fake: FakeRegistry) -> None:
+    result = run("check", "NCT09999999", code=1)
+    assert result.stdout == "NCT09999999  not found in ClinicalTrials.gov\n"
+
+
+def test_check_json(run: Runner, fake: FakeRegistry) -> None:
+    data = json.loads(run("check", TARGET, "--json").stdout)
+    assert data["studies"][0]["facts"]["status"] == "Unknown status"
+    assert data["studies"][0]["first_check"] is True
+    assert data["missing"] == [] and data["requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "bad"),
+    [
+        (["check", "NCT123"], "NCT123"),
+        (["check", "NCT01727193", "12345678"], "12345678"),
+        (["changes", "--nct", "NCT1"], "NCT1"),
+        (["show", "x"], "x"),
+        (["history", "NCT017271930"], "NCT017271930"),
+    ],
+)
+def test_malformed_ids_are_rejected_before_any_request(
+    run: Runner, fake: FakeRegistry, args: list[str], bad: str
+) -> None:
+    result = run(*args, code=2)
+    assert result.stderr == f'error: "{bad}" is not an NCT ID (expected NCT followed by 8 digits, e.g. NCT01727193)\n'
+    assert fake.log == []
+
+
+def test_changes_filters_and_json_shape(run: Runner, fake: FakeRegistry) -> None:
+    run("sync")
+    completed(fake)
+    fake.edit("NCT90000001", lambda r: r["protocolSection"]["statusModule"].update(overallStatus="SUSPENDED"))
+    fake.refresh()
+    run("sync")
+    everything = json.loads(run("changes", "--json").stdout)
+    assert {"id", "nct_id", "kind", "field", "old", "new", "detected_at", "watches"} <= set(everything[0])
+    only = json.loads(run("changes", "--json", "--nct", "NCT90000001").stdout)
+    assert [(c["old"], c["new"]) for c in only] == [("RECRUITING", "SUSPENDED")]
+    assert json.loads(run("changes", "--json", "--since", "2999-01-01").stdout) == []
+    assert len(json.loads(run("changes", "--json", "--since", "today").stdout)) == len(everything)
+    text = run("changes", "--watch", "mg-azathioprine").stdout
+    assert "NCT90000001  Status: Recruiting → Suspended  [mg-azathioprine]" in text
+
+
+def test_changes_errors(run: Runner) -> None:
+    result = run("changes", "--since", "last tuesday", code=2)
+    assert result.stderr.startswith('error: --since: "last tuesday" is not a date')
+    result = run("changes", "--watch", "nope", code=2)
+    assert result.stderr == 'error: no watch named "nope" in watcher.toml (watches: mg-azathioprine)\n'
+    assert run("changes").stdout == "No changes recorded.\n"
+
+
+def test_show_and_history(run: Runner, fake: FakeRegistry) -> None:
+    run("sync")
+    completed(fake)
+    fake.refresh()
+    run("sync")
+    shown = json.loads(run("show", TARGET, "--json").stdout)
+    assert shown[0]["status"] == "Completed" and shown[0]["watches"] == ["mg-azathioprine"]
+    assert shown[0]["url"] == "https://clinicaltrials.gov/study/NCT01727193"
+    text = run("show", TARGET).stdout
+    assert "Watches      mg-azathioprine" in text
+    lines = run("history", TARGET).stdout.splitlines()
+    assert lines[0].startswith("NCT01727193  The Efficacy")
+    assert lines[1].endswith("first stored")
+    assert any(line.endswith("Status: Unknown status → Completed") for line in lines)
+    result = run("show", "NCT09999999", code=1)
+    assert result.stderr == "error: NCT09999999: not stored yet; run: watcher check NCT09999999\n"
+
+
+def test_commands_do_not_write_on_config_errors(tmp_path: Path) -> None:
+    path = tmp_path / "watcher.toml"
+    path.write_text('[[watch]]\nname = "x"\nnct_ids = ["NCT0172719"]\n')
+    result = Runner(path)("sync", code=2)
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "watcher.db").exists()
+
+
+def test_every_command_has_help(run: Runner) -> None:
+    from watcher.cli import cli
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name, command in cli.commands.items():
+        assert command.help, name
+        assert f"watcher {name}" in readme, f"the README does not show `watcher {name}`"
+        run(name, "--help")
+
+
+def test_database_untouched_by_a_failed_check(run: Runner, fake: FakeRegistry, config_file: Path) -> None:
+    run("check", TARGET)
+    before = dump_db(config_file.parent / "watcher.db")
+    fake.faults.truncate_next = 1
+    result = run("check", TARGET, code=1)
+    assert result.stderr.startswith("error: ClinicalTrials.gov sent a body that is not complete JSON")
+    assert dump_db(config_file.parent / "watcher.db") == before

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from watcher.cli import cli
+from watcher.config import load_config, parse_duration
+from watcher.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_example_config_parses() -> None:
+    config = load_config(ROOT / "config.example.toml")
+    assert [w.name for w in config.watches] == ["mg-azathioprine", "mg-recruiting"]
+    watch = config.watch("mg-azathioprine")
+    assert watch.nct_ids == ("NCT01727193",)
+    assert watch.search_params() == {"query.cond": "myasthenia gravis", "query.intr": "azathioprine"}
+    assert config.ctgov.base_url == "https://clinicaltrials.gov/api/v2"
+    assert config.database_path == ROOT / "watcher.db"
+
+
+def test_defaults_when_sections_are_missing(tmp_path: Path) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text('[[watch]]\nname = "one"\nnct_ids = ["nct01727193"]\n')
+    config = load_config(path)
+    assert config.ctgov.timeout_s == 30 and config.ctgov.retries == 5
+    assert config.watches[0].nct_ids == ("NCT01727193",)
+    assert config.database_path == tmp_path / "watcher.db"
+    assert config.outbox_path == tmp_path / "outbox"
+    assert config.smtp is None
+
+
+BAD = [
+    ('[ctgov]\nbase_urll = "http://x"\n', 'w.toml: [ctgov] unknown key "base_urll" (did you mean "base_url"?)'),
+    ('[ctgov]\ntimeout_s = "fast"\n', 'w.toml: [ctgov] timeout_s: "fast" should be a number, not a string'),
+    ("[ctgov]\nretries = -1\n", "w.toml: [ctgov] retries: -1 must be 0 or more"),
+    ('[ctgov]\nbase_url = "ftp://x"\n', 'w.toml: [ctgov] base_url: "ftp://x" is not an http(s) URL'),
+    ('[databse]\nurl = "x"\n', 'w.toml: unknown key "databse" (did you mean "database"?)'),
+    ('[database]\nurl = "postgres://x"\n', 'w.toml: [database] url: "postgres://x" is not a SQLite URL (like "sqlite:///watcher.db")'),
+    ('[[watch]]\nname = "a"\nnct_ids = ["NCT123"]\n',
+     'w.toml: [watch "a"] nct_ids: "NCT123" is not an NCT ID (expected NCT followed by 8 digits, e.g. NCT01727193)'),
+    ('[[watch]]\nname = "a"\ncondition = "x"\nstatuses = ["OPEN"]\n',
+     'w.toml: [watch "a"] statuses: "OPEN" is not a study status (one of RECRUITING, NOT_YET_RECRUITING, '
+     "ENROLLING_BY_INVITATION, ACTIVE_NOT_RECRUITING, SUSPENDED, TERMINATED, WITHDRAWN, COMPLETED, UNKNOWN, "
+     "AVAILABLE, NO_LONGER_AVAILABLE, TEMPORARILY_NOT_AVAILABLE, APPROVED_FOR_MARKETING, WITHHELD)"),
+    ('[[watch]]\nname = "a"\ncondition = "x"\n[[watch]]\nname = "a"\nterm = "y"\n',
+     'w.toml: [watch "a"] name: "a" is used by more than one watch'),
+    ('[[watch]]\nname = "a"\n', 'w.toml: [watch "a"] nct_ids: empty: give nct_ids or a search (condition, intervention or term)'),
+    ('[[watch]]\nnct_ids = ["NCT01727193"]\n', "w.toml: [[watch]] #1 name: is required"),
+    ('[[watch]]\nname = "a"\nnct_ids = "NCT01727193"\n', 'w.toml: [watch "a"] nct_ids: "NCT01727193" should be a list of strings, not a string'),
+    ('[[watch]]\nname = "a"\ncondtion = "x"\n', 'w.toml: [watch "a"] unknown key "condtion" (did you mean "condition"?)'),
+    ("[ctgov]\nretries = true\n", "w.toml: [ctgov] retries: true should be an integer, not a boolean"),
+    ("watch = 3\n", "w.toml: watch must be written as [[watch]] tables"),
+    ("[ctgov\n", "w.toml: not valid TOML: Expected ']' at the end of a table declaration (at line 1, column 7)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "message"), BAD, ids=[m.split(": ", 1)[1][:40] for _, m in BAD])
+def test_config_errors_name_file_key_and_value(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == message.replace("w.toml", str(path))
+
+
+def test_cli_config_error_is_one_line_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text('[ctgov]\nbase_urll = "http://x"\n')
+    result = CliRunner().invoke(cli, ["--config", str(path), "sync"])
+    assert result.exit_code == 2
+    assert result.stderr == f'error: {path}: [ctgov] unknown key "base_urll" (did you mean "base_url"?)\n'
+    assert result.stdout == ""
+    assert not (tmp_path / "watcher.db").exists()
+
+
+def test_missing_default_config_says_how_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WATCHER_CONFIG", raising=False)
+    result = CliRunner().invoke(cli, ["changes"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: watcher.toml: no such config file (copy config.example.toml to start one, or pass --config FILE)\n"
+    )
+
+
+def test_config_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "elsewhere.toml"
+    path.write_text('[[watch]]\nname = "one"\nnct_ids = ["NCT01727193"]\n')
+    monkeypatch.setenv("WATCHER_CONFIG", str(path))
+    assert load_config(None).path == path
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("6h", 21600), ("1d", 86400), ("1h30m", 5400)])
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["6", "h", "10s", "6 hours", "-1h"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
