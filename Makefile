@@ -23,7 +23,8 @@ run: install
 	$(BIN)/watcher --config $(CONFIG) changes --since 7d
 
 lint: install
-	$(BIN)/ruff check watcher tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: lint
 	$(BIN)/python -m pytest -q
