@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.support.fakeapi import FakeRegistry
+from tests.support.smtp import SmtpServer
 from tests.support.world import mg_world
 from watcher.cli import cli
 
@@ -76,3 +77,21 @@ def dump_db(path: Path) -> dict[str, list[tuple[Any, ...]]]:
         return {t: sorted(conn.execute(f"select * from {t}").fetchall(), key=repr) for t in tables}
     finally:
         conn.close()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+def mail_config(
+    smtp_port: int | None, subscribers: str, security: str = "none", extra: str = "", mail_extra: str = ""
+) -> str:
+    smtp = (
+        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\nsecurity = "{security}"\ntimeout_s = 5\n{extra}'
+        if smtp_port
+        else ""
+    )
+    return f'[mail]\nfrom = "Trial Watcher <watcher@example.org>"\n{mail_extra}\n{smtp}\n{subscribers}'

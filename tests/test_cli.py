@@ -33,7 +33,7 @@ def test_check_first_time_then_changes(run: Runner, fake: FakeRegistry) -> None:
     assert "  Status       Completed\n" in out
     assert "Changed since the last stored record" in out
     assert "  • Status: Unknown status → Completed\n" in out
-    assert "  • Completion: Jan 2020 (estimated) → Dec 2019 (actual) (1 month earlier)\n" in out
+    assert "  • Completion: Jan 2020 (estimated) → Dec 2019 (actual), 1 month earlier\n" in out
     assert "  • Enrollment: 100 → 96\n" in out
     assert "No change since the last stored record" in run("check", TARGET).stdout
 
@@ -132,11 +132,16 @@ def test_commands_do_not_write_on_config_errors(tmp_path: Path) -> None:
 def test_every_command_has_help(run: Runner) -> None:
     from watcher.cli import cli
 
+    import click
+
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    for name, command in cli.commands.items():
-        assert command.help, name
-        assert f"watcher {name}" in readme, f"the README does not show `watcher {name}`"
-        run(name, "--help")
+    commands = [([name], command) for name, command in cli.commands.items()]
+    for path, command in commands:
+        assert command.help, path
+        assert f"watcher {' '.join(path)}" in readme, f"the README does not show `watcher {' '.join(path)}`"
+        run(*path, "--help")
+        if isinstance(command, click.Group):
+            commands += [([*path, name], sub) for name, sub in command.commands.items()]
 
 
 def test_database_untouched_by_a_failed_check(run: Runner, fake: FakeRegistry, config_file: Path) -> None:

@@ -84,6 +84,9 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S%z",
     )
+    if level.lower() != "debug":
+        # urllib3 logs each retry at WARNING; our own one-line error says what happened
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 @click.group(cls=WatcherGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -476,3 +479,141 @@ def history(app: App, nct_id: str, as_json: bool) -> None:
         click.echo(f"  {c.detected_at:%Y-%m-%d}  {describe(c).text}")
     if not found:
         click.echo("  no change recorded since")
+
+
+# --- digests ---------------------------------------------------------------------------
+
+
+@cli.group()
+def digest() -> None:
+    """Email digests: send the due ones, or preview the next one."""
+
+
+@digest.command("send")
+@click.option("--dry-run", is_flag=True, help="Show what would be sent; send and mark nothing.")
+@click.option("--all", "everyone", is_flag=True, help="Treat every subscriber as due, whatever their frequency.")
+@click.option("--retry-failed", is_flag=True, help="Queue digests the mail server refused for another try.")
+@click.pass_obj
+def digest_send(app: App, dry_run: bool, everyone: bool, retry_failed: bool) -> None:
+    """Build and send every due digest, and retry the ones still queued.
+
+    `immediate` subscribers are due whenever there are undelivered changes; `daily` and
+    `weekly` ones at [schedule] digest_time. Exit 1 when any digest did not go out.
+    """
+    from watcher.delivery import retry_failed as requeue
+    from watcher.delivery import send_due
+
+    config, store = app.config, app.store
+    if retry_failed and not dry_run:
+        count = requeue(store)
+        click.echo(f"{_plural(count, 'failed digest')} queued again.")
+    report = send_due(config, store, everyone=everyone, dry_run=dry_run)
+    if not report.outcomes:
+        click.echo("No digest is due.")
+        return
+    width = max(len(o.email) for o in report.outcomes)
+    for o in report.outcomes:
+        changes = _plural(o.changes, "change")
+        if o.status == "would-send":
+            click.echo(f"would send  {o.email.ljust(width)}  {o.subject} ({changes})")
+        elif o.status == "sent":
+            click.echo(f"sent        {o.email.ljust(width)}  {o.subject} ({changes}) via {report.transport}")
+        elif o.status == "deferred":
+            click.echo(f"error: {o.email}: {o.detail}; it stays queued and will be retried.", err=True)
+        else:
+            click.echo(
+                f"error: {o.email}: {o.detail}; the digest is marked failed (see: watcher subscribers).", err=True
+            )
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+@digest.command("preview")
+@click.argument("email")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True), help="Write the HTML part here.")
+@click.option("--text", "text_only", is_flag=True, help="Print only the plain-text part.")
+@click.pass_obj
+def digest_preview(app: App, email: str, html_file: str | None, text_only: bool) -> None:
+    """Render the next digest of a subscriber without sending or marking anything."""
+    from pathlib import Path
+
+    from watcher.delivery import preview
+    from watcher.store import utcnow
+
+    result = preview(app.config, app.store, email, utcnow())
+    if result is None:
+        click.echo(f"Nothing new for {email} since their last digest.")
+        return
+    digest, rendered = result
+    if html_file:
+        Path(html_file).write_text(rendered.html, encoding="utf-8")
+    if not text_only:
+        click.echo(f"Subject: {rendered.subject}\nTo: {digest.email}\n")
+    click.echo(rendered.text, nl=False)
+    if html_file and not text_only:
+        click.echo(f"\n(HTML part written to {html_file})")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array for scripts.")
+@click.pass_obj
+def subscribers(app: App, as_json: bool) -> None:
+    """Who follows what: last delivered digest, pending changes, queued and failed digests."""
+    from watcher.delivery import subscriber_statuses
+    from watcher.store import iso
+
+    statuses = subscriber_statuses(app.config, app.store)
+    if as_json:
+        _print_json(
+            [
+                {
+                    "email": s.email, "watches": list(s.watches), "frequency": s.frequency, "kinds": list(s.kinds),
+                    "since": iso(s.since), "last_delivered": iso(s.last_delivered),
+                    "pending_changes": s.pending_changes, "queued_digests": s.queued,
+                    "failed_digests": [{"id": i, "error": e} for i, e in s.failed],
+                }
+                for s in statuses
+            ]
+        )  # fmt: skip
+        return
+    if not statuses:
+        click.echo("No subscribers in the config ([[subscriber]] tables).")
+        return
+    for s in statuses:
+        last = f"{s.last_delivered:%Y-%m-%d %H:%M} UTC" if s.last_delivered else "never"
+        click.echo(f"{s.email}  ({s.frequency}) follows {', '.join(s.watches)}")
+        kinds = f" · only {', '.join(s.kinds)}" if s.kinds else ""
+        click.echo(f"  last digest {last} · {_plural(s.pending_changes, 'change')} pending · {s.queued} queued{kinds}")
+        for digest_id, error in s.failed:
+            click.echo(f"  failed digest #{digest_id}: {error}")
+
+
+@cli.command("test-email")
+@click.argument("email")
+@click.pass_obj
+def test_email(app: App, email: str) -> None:
+    """Send a sample digest with one change of every kind, to check mail settings and the look."""
+    from watcher.config import check_email
+    from watcher.delivery import make_transport, unsubscribe_link
+    from watcher.digest import build, sample_changes
+    from watcher.mailer import build_message, new_message_id
+    from watcher.render import render
+    from watcher.store import utcnow
+
+    try:
+        check_email(email)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    config = app.config
+    changes, records = sample_changes()
+    now = utcnow()
+    sample = build(email, "daily", ["sample-watch"], changes, records, now.date(), unsubscribe_link(config))
+    assert sample is not None
+    rendered = render(sample)
+    message = build_message(
+        rendered, config.mail.from_, email, new_message_id(config.mail.from_), now, sample.unsubscribe
+    )
+    transport = make_transport(config)
+    with transport:
+        transport.send(message.as_bytes(), config.mail.from_, email, f"{now:%Y%m%dT%H%M%SZ}-sample-{email}")
+    click.echo(f"Sample digest sent to {email} via {transport.description}.")

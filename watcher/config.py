@@ -248,6 +248,8 @@ class SmtpSettings:
     username: str | None = field(default=None, metadata=_check(_text))
     password_env: str | None = field(default=None, metadata=_check(_env_name))
     timeout_s: float = field(default=30.0, metadata=_check(_positive))
+    # a CA bundle to trust besides the system's (a private mail server); relative to the config file
+    ca_file: str | None = field(default=None, metadata=_check(_text))
 
     @property
     def effective_port(self) -> int:

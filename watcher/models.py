@@ -84,3 +84,34 @@ class SyncRun(SQLModel, table=True):
     studies: int = 0
     changes: int = 0
     error: str | None = None
+
+
+class SubscriberState(SQLModel, table=True):
+    """Per subscriber: since when they hear about changes, and the last digest slot handled."""
+
+    email: str = Field(primary_key=True)  # lower-cased
+    since: datetime
+    last_slot: datetime | None = None
+
+
+class Digest(SQLModel, table=True):
+    """The outbox: a digest is stored (with its exact message) before it is sent."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(index=True)  # lower-cased
+    message_id: str
+    subject: str
+    message: bytes  # the whole RFC 5322 message, so a retry sends the same bytes
+    changes: int
+    status: str = Field(default="pending", index=True)  # pending | sent | failed
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: datetime
+    sent_at: datetime | None = None
+
+
+class DigestChange(SQLModel, table=True):
+    """Which changes a digest covers: a change reaches each subscriber in one digest only."""
+
+    digest_id: int = Field(foreign_key="digest.id", primary_key=True)
+    change_id: int = Field(foreign_key="change.id", primary_key=True, index=True)

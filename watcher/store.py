@@ -23,8 +23,10 @@ from sqlalchemy import exc as sa_exc
 from sqlmodel import Session, SQLModel, col, delete, func, select
 
 from watcher import models
+from watcher.config import Config
 from watcher.differ import Change, get_path, nct_id_of
 from watcher.errors import StoreError
+from watcher.timing import current_slot
 
 BUSY_TIMEOUT_S = 120
 
@@ -171,15 +173,6 @@ def save_record(
     session.expunge_all()  # keep memory flat over a long sync
 
 
-def touch_studies(session: Session, nct_ids: Iterable[str], now: datetime) -> None:
-    ids = list(nct_ids)
-    for start in range(0, len(ids), 500):
-        for study in session.exec(select(models.Study).where(col(models.Study.nct_id).in_(ids[start : start + 500]))):
-            study.checked_at = now
-            session.add(study)
-    session.flush()
-
-
 def study_rows(session: Session, nct_ids: Iterable[str]) -> dict[str, models.Study]:
     ids = list(nct_ids)
     rows = session.exec(select(models.Study).where(col(models.Study.nct_id).in_(ids))).all()
@@ -304,18 +297,20 @@ def query_changes(
     since: datetime | None = None,
     watches: Sequence[str] | None = None,
     nct_ids: Sequence[str] | None = None,
-    after_id: int | None = None,
-    ids: Sequence[int] | None = None,
+    not_sent_to: str | None = None,
 ) -> list[StoredChange]:
     query = select(models.Change).order_by(col(models.Change.id))
     if since is not None:
         query = query.where(models.Change.detected_at >= since)
     if nct_ids:
         query = query.where(col(models.Change.nct_id).in_(list(nct_ids)))
-    if after_id is not None:
-        query = query.where(col(models.Change.id) > after_id)
-    if ids is not None:
-        query = query.where(col(models.Change.id).in_(list(ids)))
+    if not_sent_to is not None:
+        covered = (
+            select(models.DigestChange.change_id)
+            .join(models.Digest, col(models.Digest.id) == col(models.DigestChange.digest_id))
+            .where(models.Digest.email == not_sent_to.lower())
+        )
+        query = query.where(col(models.Change.id).not_in(covered))
     if watches:
         query = query.where(
             col(models.Change.id).in_(
@@ -350,6 +345,22 @@ def query_changes(
 
 def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+# --- subscribers ---------------------------------------------------------------------------
+
+
+def ensure_subscriber_states(session: Session, config: Config, now: datetime) -> dict[str, models.SubscriberState]:
+    """A subscriber hears about changes from the moment trial watcher first sees them."""
+    states = {s.email: s for s in session.exec(select(models.SubscriberState)).all()}
+    for sub in config.subscribers:
+        key = sub.email.lower()
+        if key not in states:
+            slot = current_slot(now, sub.frequency, config.schedule)
+            states[key] = models.SubscriberState(email=key, since=now, last_slot=slot)
+            session.add(states[key])
+    session.flush()
+    return states
 
 
 # --- sync runs --------------------------------------------------------------------------

@@ -87,6 +87,7 @@ def run_sync(
         with store.write() as session:
             run = _new_run(session, started_at, stamp, config.watches_fingerprint)
             report.run_id = run.id
+            st.ensure_subscriber_states(session, config, run.started_at)
             _apply_sync(session, config.watches, listed, members, missing, registry, report, progress, clock)
             _close_run(session, run, report, registry, started, clock)
         report.seconds = time.monotonic() - started

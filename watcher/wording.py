@@ -75,7 +75,7 @@ def _months(value: str) -> int | None:
 
 
 def shift(old: str | None, new: str | None) -> str:
-    """'(9 months later)', '(2 years earlier)' or '' when it cannot be told."""
+    """'9 months later', '2 years earlier', or '' when it cannot be told."""
     if not old or not new or len(old.split("-")) < 2 or len(new.split("-")) < 2:
         return ""
     a, b = _months(old), _months(new)
@@ -83,7 +83,7 @@ def shift(old: str | None, new: str | None) -> str:
         return ""
     n = abs(b - a)
     size = f"{n // 12} year{'s' if n >= 24 else ''}" if n % 12 == 0 else f"{n} month{'s' if n > 1 else ''}"
-    return f" ({size} {'later' if b > a else 'earlier'})"
+    return f"{size} {'later' if b > a else 'earlier'}"
 
 
 def site_name(site: dict[str, Any] | None) -> str:
@@ -117,7 +117,10 @@ def _field_text(change: ChangeLike) -> tuple[str, str | None]:
     for struct, name in _DATE_STRUCTS.items():
         if path == f"{struct}.date":
             if old and new:
-                return f"{name} moved from {partial_date(old)} to {partial_date(new)}{shift(old, new)}", None
+                moved = shift(old, new)
+                return f"{name} moved from {partial_date(old)} to {partial_date(new)}" + (
+                    f" ({moved})" if moved else ""
+                ), None
             return f"{name}: {partial_date(old)} → {partial_date(new)}", None
         if path == f"{struct}.type":
             return f"{name} date is now {_date_type(new) or 'untyped'} (was {_date_type(old) or 'untyped'})", None
@@ -185,9 +188,10 @@ def describe_all(changes: Sequence[ChangeLike]) -> list[Line]:
             if kind is not None:
                 skip.add(changes.index(kind))
                 old, new = _dated(change.old, kind.old), _dated(change.new, kind.new)
+                moved = shift(change.old, change.new)
                 lines.append(
                     Line(
-                        f"{_DATE_STRUCTS[struct]}: {old} → {new}{shift(change.old, change.new)}",
+                        f"{_DATE_STRUCTS[struct]}: {old} → {new}" + (f", {moved}" if moved else ""),
                         "dates",
                         rank_of(change.field, "changed"),
                     )
@@ -196,6 +200,15 @@ def describe_all(changes: Sequence[ChangeLike]) -> list[Line]:
         if change.kind == "changed" and change.field == f"{struct}.type" and f"{struct}.date" in by_field:
             continue
         lines.append(describe(change))
+    posted, first_posted = by_field.get("hasResults"), by_field.get(f"{_S}.resultsFirstPostDateStruct.date")
+    if posted is not None and posted.new is True and first_posted is not None and first_posted.new:
+        lines = [line for line in lines if not line.text.startswith("Results first posted")]
+        lines = [
+            Line(f"Results posted on {partial_date(first_posted.new)}", line.category, line.rank)
+            if line.text == "Results posted"
+            else line
+            for line in lines
+        ]
     status = by_field.get(f"{_S}.overallStatus")
     reason = by_field.get(f"{_S}.whyStopped")
     if status is not None and reason is not None and reason.new and status.new in STOPPED_STATUSES:

@@ -1,0 +1,104 @@
+"""A real SMTP server on 127.0.0.1 (aiosmtpd) that records what it accepts and can be told to refuse."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+
+    def part(self, subtype: str) -> str:
+        body = self.message.get_body(preferencelist=(subtype,))
+        assert body is not None
+        return body.get_content()
+
+
+@dataclass
+class Recorder:
+    received: list[Received] = field(default_factory=list)
+    rcpt_replies: dict[str, str] = field(default_factory=dict)  # address → reply, e.g. "550 5.1.1 no such user"
+    data_replies: list[str] = field(default_factory=list)  # replies to the next DATA commands
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if address in self.rcpt_replies:
+            return self.rcpt_replies[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_replies:
+            return self.data_replies.pop(0)
+        self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 Message accepted for delivery"
+
+    def to(self, address: str) -> list[Received]:
+        return [r for r in self.received if address in r.recipients]
+
+
+class SmtpServer:
+    def __init__(
+        self,
+        port: int | None = None,
+        tls: ssl.SSLContext | None = None,
+        users: dict[str, str] | None = None,
+        implicit_tls: bool = False,
+    ) -> None:
+        self.port = port or free_port()
+        self.recorder = Recorder()
+        self.tls, self.users, self.implicit_tls = tls, users, implicit_tls
+        self.controller: Controller | None = None
+        self.logins: list[str] = []
+
+    def _auth(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        if isinstance(data, LoginPassword) and self.users is not None:
+            user, password = data.login.decode(), data.password.decode()
+            if self.users.get(user) == password:
+                self.logins.append(user)
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+    def start(self) -> SmtpServer:
+        kwargs: dict[str, Any] = {}
+        if self.tls is not None and not self.implicit_tls:
+            kwargs.update(tls_context=self.tls, require_starttls=True)
+        if self.tls is not None and self.implicit_tls:
+            kwargs.update(ssl_context=self.tls)
+        if self.users is not None:
+            kwargs.update(authenticator=self._auth, auth_require_tls=self.tls is not None)
+        self.controller = Controller(self.recorder, hostname="127.0.0.1", port=self.port, **kwargs)
+        if self.implicit_tls:
+            # the controller's readiness probe would speak plain text to a TLS port
+            self.controller._trigger_server = lambda: None  # type: ignore[method-assign]
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def received(self) -> list[Received]:
+        return self.recorder.received

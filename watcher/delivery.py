@@ -1,0 +1,285 @@
+"""The digest outbox: decide who is due, persist each digest before sending, mark it after.
+
+A digest row (recipient, covered change ids, Message-ID, the exact message bytes) is
+committed before any send. It becomes `sent` only after the mail server (or the outbox
+folder) accepted it; a deferral leaves it `pending` for the next run, a permanent refusal
+marks it `failed` with the server's reply. A change reaches a subscriber in one digest only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session, col, select
+
+from watcher import models
+from watcher import store as st
+from watcher.config import Config, Subscriber
+from watcher.digest import Digest, PendingChange, build
+from watcher.mailer import (
+    Deferred,
+    OutboxTransport,
+    Rejected,
+    SmtpTransport,
+    build_message,
+    default_unsubscribe,
+    new_message_id,
+)
+from watcher.render import Rendered, render
+from watcher.timing import current_slot, is_due
+
+log = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    description: str
+
+    def send(self, message: bytes, sender: str, to: str, name: str) -> None: ...
+    def __enter__(self) -> Transport: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@dataclass
+class Outcome:
+    email: str
+    status: str  # sent | deferred | failed | would-send
+    subject: str
+    changes: int
+    detail: str = ""
+    digest_id: int | None = None
+
+
+@dataclass
+class SendReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+    transport: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(o.status in ("sent", "would-send") for o in self.outcomes)
+
+
+def make_transport(config: Config) -> Transport:
+    if config.smtp is None:
+        return OutboxTransport(config.outbox_path)
+    ca = (config.folder / config.smtp.ca_file).resolve() if config.smtp.ca_file else None
+    return SmtpTransport(config.smtp, ca)
+
+
+def unsubscribe_link(config: Config) -> str:
+    return config.mail.unsubscribe or default_unsubscribe(config.mail.from_)
+
+
+@contextmanager
+def sending_lock(database: Path) -> Iterator[None]:
+    """One sender at a time per database (the daemon and a one-off `digest send`).
+
+    An OS lock: it is released when its process ends, however it ends.
+    """
+    path = database.with_name(database.name + ".send.lock")
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- who is due, and with what ------------------------------------------------------------
+
+
+def pending_changes(session: Session, subscriber: Subscriber, since: datetime) -> list[st.StoredChange]:
+    return st.query_changes(session, since=since, watches=list(subscriber.watches), not_sent_to=subscriber.email)
+
+
+def compose(
+    session: Session, config: Config, subscriber: Subscriber, changes: list[st.StoredChange], now: datetime
+) -> Digest | None:
+    records = st.load_records(session, {c.nct_id for c in changes})
+    pending = [PendingChange(c.id, c.nct_id, c.kind, c.field, c.old, c.new, c.site) for c in changes]
+    local_day = now.astimezone(_zone(config)).date()
+    return build(
+        subscriber.email, subscriber.frequency, subscriber.watches, pending, records, local_day,
+        unsubscribe_link(config), subscriber.kinds,
+    )  # fmt: skip
+
+
+def _zone(config: Config) -> ZoneInfo:
+    return ZoneInfo(config.schedule.timezone)
+
+
+def queue_due(
+    config: Config, store: st.Store, now: datetime, everyone: bool = False, dry_run: bool = False
+) -> list[Outcome]:
+    """Build and persist the digests that are due now. Returns what was queued (or would be)."""
+    queued: list[Outcome] = []
+    with store.write() as session:
+        states = st.ensure_subscriber_states(session, config, now)
+        for sub in config.subscribers:
+            state = states[sub.email.lower()]
+            if not everyone and not is_due(now, sub.frequency, config.schedule, state.last_slot):
+                continue
+            digest = compose(session, config, sub, pending_changes(session, sub, state.since), now)
+            if not dry_run:
+                state.last_slot = current_slot(now, sub.frequency, config.schedule) or state.last_slot
+                session.add(state)
+            if digest is None:
+                continue
+            if dry_run:
+                queued.append(Outcome(sub.email, "would-send", digest.subject, len(digest.change_ids)))
+                continue
+            row = persist(session, config, digest, render(digest), now)
+            queued.append(Outcome(sub.email, "pending", digest.subject, len(digest.change_ids), digest_id=row.id))
+        if dry_run:
+            session.rollback()
+    return queued
+
+
+def persist(session: Session, config: Config, digest: Digest, rendered: Rendered, now: datetime) -> models.Digest:
+    message_id = new_message_id(config.mail.from_)
+    message = build_message(rendered, config.mail.from_, digest.email, message_id, now, digest.unsubscribe)
+    row = models.Digest(
+        email=digest.email.lower(), message_id=message_id, subject=rendered.subject, message=message.as_bytes(),
+        changes=len(digest.change_ids), created_at=now,
+    )  # fmt: skip
+    session.add(row)
+    session.flush()
+    assert row.id is not None
+    for change_id in digest.change_ids:
+        session.add(models.DigestChange(digest_id=row.id, change_id=change_id))
+    return row
+
+
+# --- sending ---------------------------------------------------------------------------------
+
+
+def send_pending(config: Config, store: st.Store, transport: Transport, clock: Callable[[], datetime]) -> list[Outcome]:
+    """Try every pending digest once; one failing recipient does not stop the others."""
+    with store.read() as session:
+        pending = session.exec(
+            select(models.Digest.id, models.Digest.email, models.Digest.subject, models.Digest.changes)
+            .where(models.Digest.status == "pending")
+            .order_by(col(models.Digest.id))
+        ).all()
+    outcomes: list[Outcome] = []
+    with transport:
+        for digest_id, email, subject, changes in pending:
+            with store.read() as session:
+                row = session.get(models.Digest, digest_id)
+                if row is None or row.status != "pending":  # another sender got there first
+                    continue
+                message, created = row.message, row.created_at
+            name = f"{created:%Y%m%dT%H%M%SZ}-{digest_id:06d}-{re.sub(r'[^A-Za-z0-9@._-]', '_', email)}"
+            try:
+                transport.send(message, config.mail.from_, email, name)
+            except Rejected as exc:
+                _mark(store, digest_id, "failed", str(exc), None)
+                outcomes.append(Outcome(email, "failed", subject, changes, str(exc), digest_id))
+                log.warning("digest %d to %s failed: %s", digest_id, email, exc)
+            except Deferred as exc:
+                _mark(store, digest_id, "pending", str(exc), None)
+                outcomes.append(Outcome(email, "deferred", subject, changes, str(exc), digest_id))
+                log.warning("digest %d to %s deferred: %s", digest_id, email, exc)
+            else:
+                _mark(store, digest_id, "sent", None, clock())
+                outcomes.append(Outcome(email, "sent", subject, changes, "", digest_id))
+                log.info("digest %d sent to %s (%d changes)", digest_id, email, changes)
+    return outcomes
+
+
+def _mark(store: st.Store, digest_id: int, status: str, error: str | None, sent_at: datetime | None) -> None:
+    with store.write() as session:
+        row = session.get(models.Digest, digest_id)
+        assert row is not None
+        row.status = status
+        row.attempts += 1
+        row.last_error = error
+        row.sent_at = sent_at
+        session.add(row)
+
+
+def retry_failed(store: st.Store) -> int:
+    with store.write() as session:
+        rows = session.exec(select(models.Digest).where(models.Digest.status == "failed")).all()
+        for row in rows:
+            row.status = "pending"
+            session.add(row)
+        return len(rows)
+
+
+def send_due(
+    config: Config,
+    store: st.Store,
+    clock: Callable[[], datetime] = st.utcnow,
+    everyone: bool = False,
+    dry_run: bool = False,
+    transport: Transport | None = None,
+) -> SendReport:
+    """Queue every due digest, then send everything queued (including earlier deferrals)."""
+    transport = transport or make_transport(config)
+    report = SendReport(transport=transport.description)
+    with sending_lock(store.path):
+        queued = queue_due(config, store, clock(), everyone=everyone, dry_run=dry_run)
+        if dry_run:
+            report.outcomes = queued
+            return report
+        report.outcomes = send_pending(config, store, transport, clock)
+    return report
+
+
+def preview(config: Config, store: st.Store, email: str, now: datetime) -> tuple[Digest, Rendered] | None:
+    """The next digest of a subscriber, rendered; nothing is stored or marked."""
+    subscriber = config.subscriber(email)
+    with store.read() as session:
+        state = session.get(models.SubscriberState, subscriber.email.lower())
+        since = state.since if state else now
+        digest = compose(session, config, subscriber, pending_changes(session, subscriber, since), now)
+    return None if digest is None else (digest, render(digest))
+
+
+@dataclass
+class SubscriberStatus:
+    email: str
+    watches: tuple[str, ...]
+    frequency: str
+    kinds: tuple[str, ...]
+    since: datetime | None
+    last_delivered: datetime | None
+    pending_changes: int
+    queued: int
+    failed: list[tuple[int, str]]
+
+
+def subscriber_statuses(config: Config, store: st.Store) -> list[SubscriberStatus]:
+    result = []
+    with store.read() as session:
+        states = {s.email: s for s in session.exec(select(models.SubscriberState)).all()}
+        for sub in config.subscribers:
+            key = sub.email.lower()
+            state = states.get(key)
+            digests = session.exec(select(models.Digest).where(models.Digest.email == key)).all()
+            sent = [d.sent_at for d in digests if d.status == "sent" and d.sent_at]
+            pending = pending_changes(session, sub, state.since) if state else []
+            result.append(
+                SubscriberStatus(
+                    email=sub.email,
+                    watches=sub.watches,
+                    frequency=sub.frequency,
+                    kinds=sub.kinds,
+                    since=state.since if state else None,
+                    last_delivered=max(sent) if sent else None,
+                    pending_changes=len(pending),
+                    queued=sum(1 for d in digests if d.status == "pending"),
+                    failed=[(d.id or 0, d.last_error or "") for d in digests if d.status == "failed"],
+                )
+            )
+    return result

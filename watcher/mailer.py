@@ -1,0 +1,187 @@
+"""Building the MIME message (pure) and handing it to a mail server or the outbox folder (I/O).
+
+A transport's `send` returns only when the message was accepted; otherwise it raises
+`Deferred` (try again later: 4xx, connection refused, timeout, TLS or login trouble) or
+`Rejected` (the server refused this message for good: 5xx on the recipient or the data).
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+import ssl
+import tempfile
+import uuid
+from datetime import datetime
+from email import policy
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from pathlib import Path
+from types import TracebackType
+
+from watcher.config import SmtpSettings
+from watcher.errors import DeliveryError
+from watcher.render import Rendered
+
+
+class Deferred(DeliveryError):
+    """Not delivered now; the digest stays queued."""
+
+
+class Rejected(DeliveryError):
+    """The server refused the message for good."""
+
+
+def one_line(text: str) -> str:
+    """Header-safe: CR, LF and runs of whitespace become single spaces."""
+    return " ".join(text.split())
+
+
+def address_of(sender: str) -> str:
+    return parseaddr(sender)[1] or sender
+
+
+def new_message_id(sender: str) -> str:
+    domain = address_of(sender).rpartition("@")[2] or "localhost"
+    return f"<digest.{uuid.uuid4().hex}@{domain}>"
+
+
+def default_unsubscribe(sender: str) -> str:
+    return f"mailto:{address_of(sender)}?subject=unsubscribe"
+
+
+def build_message(
+    rendered: Rendered, sender: str, to: str, message_id: str, date: datetime, unsubscribe: str
+) -> EmailMessage:
+    message = EmailMessage(policy=policy.SMTP)
+    message["From"] = one_line(sender)
+    message["To"] = one_line(to)
+    message["Subject"] = one_line(rendered.subject)
+    message["Date"] = format_datetime(date)
+    message["Message-ID"] = message_id
+    message["List-Unsubscribe"] = f"<{one_line(unsubscribe)}>"
+    if unsubscribe.startswith("https://"):
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(rendered.text, cte="quoted-printable")
+    message.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
+    return message
+
+
+class OutboxTransport:
+    """No mail server configured: each message becomes an .eml file in a folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __enter__(self) -> OutboxTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    @property
+    def description(self) -> str:
+        return f"the outbox folder {self.folder}"
+
+    def send(self, message: bytes, sender: str, to: str, name: str) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            target = self.folder / f"{name}.eml"
+            # write then rename, so a reader never sees half a message
+            with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".", suffix=".tmp", delete=False) as tmp:
+                tmp.write(message)
+            os.replace(tmp.name, target)
+        except OSError as exc:
+            raise Deferred(f"cannot write to the outbox {self.folder} ({exc.strerror or exc})") from None
+
+
+class SmtpTransport:
+    """One SMTP session for a run of sends, opened on first use and always closed."""
+
+    def __init__(self, settings: SmtpSettings, ca_file: Path | None = None) -> None:
+        self.settings = settings
+        self.ca_file = ca_file
+        self.client: smtplib.SMTP | None = None
+
+    @property
+    def description(self) -> str:
+        return f"{self.settings.host}:{self.settings.effective_port}"
+
+    def __enter__(self) -> SmtpTransport:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.quit()
+            except (smtplib.SMTPException, OSError):
+                self.client.close()
+            self.client = None
+
+    def _tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        password = s.password()
+        port, timeout = s.effective_port, s.timeout_s
+        client: smtplib.SMTP
+        if s.security == "ssl":
+            client = smtplib.SMTP_SSL(s.host, port, timeout=timeout, context=self._tls())
+        else:
+            client = smtplib.SMTP(s.host, port, timeout=timeout)
+        try:
+            client.ehlo()
+            if s.security == "starttls":
+                client.starttls(context=self._tls())
+                client.ehlo()
+            if s.username and password is not None:
+                client.login(s.username, password)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def send(self, message: bytes, sender: str, to: str, name: str) -> None:
+        try:
+            if self.client is None:
+                self.client = self._connect()
+            self.client.sendmail(address_of(sender), [to], message)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, reply = next(iter(exc.recipients.values()))
+            raise _classify(code, reply, "refused the recipient") from None
+        except smtplib.SMTPDataError as exc:
+            raise _classify(exc.smtp_code, exc.smtp_error, "refused the message") from None
+        except smtplib.SMTPAuthenticationError as exc:
+            self.close()
+            raise Deferred(f"the mail server refused the login ({_reply(exc.smtp_code, exc.smtp_error)})") from None
+        except smtplib.SMTPResponseException as exc:
+            self.close()
+            raise Deferred(f"the mail server answered {_reply(exc.smtp_code, exc.smtp_error)}") from None
+        except ssl.SSLError as exc:
+            self.close()
+            raise Deferred(f"TLS with the mail server {self.description} failed ({exc.reason or exc})") from None
+        except (TimeoutError, smtplib.SMTPException, OSError) as exc:
+            self.close()
+            reason = "timed out" if isinstance(exc, TimeoutError | socket.timeout) else str(exc) or type(exc).__name__
+            if isinstance(exc, ConnectionRefusedError):
+                reason = "connection refused"
+            raise Deferred(f"cannot reach the mail server {self.description} ({reason})") from None
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    message = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+    return f"{code} {one_line(message)}"
+
+
+def _classify(code: int, reply: bytes | str, what: str) -> DeliveryError:
+    if 500 <= code < 600:
+        return Rejected(f"the mail server {what} ({_reply(code, reply)})")
+    return Deferred(f"the mail server deferred the digest ({_reply(code, reply)})")
