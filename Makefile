@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.example.toml
 
-.PHONY: run test lint bench install clean
+.PHONY: run demo test lint bench install clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "trial watcher needs Python 3.11 or newer ($(PYTHON) is older); use make PYTHON=python3.12"; exit 2; }
@@ -18,9 +18,13 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
+# The main job: the daemon on the example config (Ctrl-C stops it cleanly).
 run: install
-	$(BIN)/watcher --config $(CONFIG) sync
-	$(BIN)/watcher --config $(CONFIG) changes --since 7d
+	$(BIN)/watcher --config $(CONFIG) daemon
+
+# The daemon against the project's fake API on 127.0.0.1 (no internet needed).
+demo: install
+	$(BIN)/python -m tests.support.demo
 
 lint: install
 	$(BIN)/ruff check .

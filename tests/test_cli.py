@@ -130,9 +130,9 @@ def test_commands_do_not_write_on_config_errors(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help(run: Runner) -> None:
-    from watcher.cli import cli
-
     import click
+
+    from watcher.cli import cli
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     commands = [([name], command) for name, command in cli.commands.items()]

@@ -103,3 +103,55 @@ def test_durations(text: str, seconds: int) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_server_config_in_deploy_parses() -> None:
+    config = load_config(ROOT / "deploy" / "watcher.toml")
+    assert config.database_path == Path("/var/lib/trial-watcher/watcher.db")
+    assert config.schedule.sync_cron == "30 15 * * 1-5" and config.smtp is not None
+
+
+SCHEDULE_ERRORS = [
+    ('sync_every = "6 hours"', '[schedule] sync_every: "6 hours" is not a duration (like "30m", "6h" or "1d")'),
+    ('sync_cron = "0 */6 * *"', '[schedule] sync_cron: "0 */6 * *" is not a crontab line (Wrong number of fields; got 4, expected 5)'),
+    ('sync_every = "6h"\nsync_cron = "0 * * * *"', "[schedule] sync_cron: give sync_every or sync_cron, not both"),
+    ('digest_time = "25:00"', '[schedule] digest_time: "25:00" is not a time of day (HH:MM, e.g. "08:00")'),
+    ('weekly_day = "monday"', '[schedule] weekly_day: "monday" is not one of mon, tue, wed, thu, fri, sat, sun'),
+    ('timezone = "Mars/Olympus"', '[schedule] timezone: "Mars/Olympus" is not an IANA time zone (e.g. "Europe/London")'),
+    ("alert_after_failures = 0", "[schedule] alert_after_failures: 0 must be greater than 0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "message"), SCHEDULE_ERRORS)
+def test_schedule_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text(f'[[watch]]\nname = "w"\nnct_ids = ["NCT01727193"]\n[schedule]\n{text}\n')
+    result = CliRunner().invoke(cli, ["--config", str(path), "daemon"])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {path}: {message}\n"
+
+
+def test_wheel_ships_the_templates(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+    )
+    [wheel] = tmp_path.glob("trial_watcher-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"watcher/templates/digest.txt.j2", "watcher/templates/digest.html.j2", "watcher/cli.py"} <= set(names)
+    assert not any(n.startswith("tests/") for n in names)

@@ -617,3 +617,94 @@ def test_email(app: App, email: str) -> None:
     with transport:
         transport.send(message.as_bytes(), config.mail.from_, email, f"{now:%Y%m%dT%H%M%SZ}-sample-{email}")
     click.echo(f"Sample digest sent to {email} via {transport.description}.")
+
+
+# --- the daemon --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info", show_default=True,
+    help="How much to log on stderr.",
+)  # fmt: skip
+@click.pass_obj
+def daemon(app: App, log_level: str) -> None:
+    """Run the scheduled worker: sync at start and on schedule, send digests when due.
+
+    Stops cleanly on SIGTERM or Ctrl-C. Only one daemon runs per database; the one-off
+    commands stay usable meanwhile.
+    """
+    logging.basicConfig(
+        stream=sys.stderr, level=getattr(logging, log_level.upper()), force=True,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z",
+    )  # fmt: skip
+    if log_level.lower() != "debug":
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    from watcher.scheduler import run_daemon
+
+    run_daemon(app.config, app.store)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object for scripts.")
+@click.pass_obj
+def status(app: App, as_json: bool) -> None:
+    """Recent syncs, the next scheduled runs, queued and failed digests, and the daemon."""
+    from sqlmodel import func, select
+
+    from watcher.models import DaemonState
+    from watcher.models import Digest as DigestRow
+    from watcher.scheduler import lock_holder
+    from watcher.store import iso, recent_runs
+
+    store = app.store
+    with store.read() as session:
+        runs = recent_runs(session, 5)
+        counts = dict(session.exec(select(DigestRow.status, func.count()).group_by(DigestRow.status)).all())
+        state = session.get(DaemonState, 1)
+    pid = lock_holder(store.path)
+    running = pid is not None
+    data = {
+        "database": str(store.path),
+        "daemon": {
+            "running": running,
+            "pid": pid if running else None,
+            "next_sync": iso(state.next_sync) if running and state else None,
+            "next_digests": iso(state.next_digest) if running and state else None,
+        },
+        "runs": [
+            {
+                "id": r.id, "kind": r.kind, "started_at": iso(r.started_at), "finished_at": iso(r.finished_at),
+                "outcome": r.outcome, "data_timestamp": r.data_timestamp, "requests": r.requests,
+                "bytes": r.bytes, "changes": r.changes, "error": r.error,
+            }
+            for r in runs
+        ],
+        "digests": {key: counts.get(key, 0) for key in ("pending", "failed", "sent")},
+    }  # fmt: skip
+    if as_json:
+        _print_json(data)
+        return
+    daemon_line = f"running (pid {pid})" if running else "not running"
+    click.echo(f"Daemon      {daemon_line}")
+    if running and state:
+        nxt = [
+            f"{what} {when:%Y-%m-%d %H:%M} UTC"
+            for what, when in (("sync", state.next_sync), ("digests", state.next_digest))
+            if when
+        ]
+        if nxt:
+            click.echo(f"Next        {' · '.join(nxt)}")
+    queued, failed, sent = (counts.get(k, 0) for k in ("pending", "failed", "sent"))
+    click.echo(f"Digests     {queued} queued · {failed} failed · {sent} sent")
+    if not runs:
+        click.echo("Runs        none yet: run `watcher sync`")
+    for r in runs:
+        when = f"{r.started_at:%Y-%m-%d %H:%M}"
+        if r.outcome == "failed":
+            detail = r.error or ""
+        else:
+            detail = f"registry data {_stamp(r.data_timestamp)} · {_plural(r.requests, 'request')}"
+            detail += f" · {_plural(r.changes, 'change')}"
+        click.echo(f"  {when}  {r.kind:<5}  {r.outcome:<9}  {detail}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -162,7 +163,13 @@ def persist(session: Session, config: Config, digest: Digest, rendered: Rendered
 # --- sending ---------------------------------------------------------------------------------
 
 
-def send_pending(config: Config, store: st.Store, transport: Transport, clock: Callable[[], datetime]) -> list[Outcome]:
+def send_pending(
+    config: Config,
+    store: st.Store,
+    transport: Transport,
+    clock: Callable[[], datetime],
+    cancel: threading.Event | None = None,
+) -> list[Outcome]:
     """Try every pending digest once; one failing recipient does not stop the others."""
     with store.read() as session:
         pending = session.exec(
@@ -173,6 +180,8 @@ def send_pending(config: Config, store: st.Store, transport: Transport, clock: C
     outcomes: list[Outcome] = []
     with transport:
         for digest_id, email, subject, changes in pending:
+            if cancel is not None and cancel.is_set():
+                break
             with store.read() as session:
                 row = session.get(models.Digest, digest_id)
                 if row is None or row.status != "pending":  # another sender got there first
@@ -223,6 +232,7 @@ def send_due(
     everyone: bool = False,
     dry_run: bool = False,
     transport: Transport | None = None,
+    cancel: threading.Event | None = None,
 ) -> SendReport:
     """Queue every due digest, then send everything queued (including earlier deferrals)."""
     transport = transport or make_transport(config)
@@ -232,7 +242,7 @@ def send_due(
         if dry_run:
             report.outcomes = queued
             return report
-        report.outcomes = send_pending(config, store, transport, clock)
+        report.outcomes = send_pending(config, store, transport, clock, cancel)
     return report
 
 

@@ -29,3 +29,7 @@ class StoreError(WatcherError):
 
 class DeliveryError(WatcherError):
     """A digest could not be delivered."""
+
+
+class Cancelled(WatcherError):
+    """The daemon is stopping: the job in flight gives up (its transaction rolls back)."""

@@ -115,3 +115,14 @@ class DigestChange(SQLModel, table=True):
 
     digest_id: int = Field(foreign_key="digest.id", primary_key=True)
     change_id: int = Field(foreign_key="change.id", primary_key=True, index=True)
+
+
+class DaemonState(SQLModel, table=True):
+    """One row: the running daemon's pid and its next scheduled runs, for `watcher status`."""
+
+    id: int = Field(default=1, primary_key=True)
+    pid: int
+    started_at: datetime
+    heartbeat: datetime | None = None
+    next_sync: datetime | None = None
+    next_digest: datetime | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from urllib3.util.retry import Retry
 
 from watcher import __version__
 from watcher.config import CtgovSettings
-from watcher.errors import RegistryError
+from watcher.errors import Cancelled, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,9 @@ def user_agent(contact: str | None) -> str:
 
 
 class Registry:
-    def __init__(self, settings: CtgovSettings) -> None:
+    def __init__(self, settings: CtgovSettings, cancel: threading.Event | None = None) -> None:
         self.settings = settings
+        self.cancel = cancel
         self.base_url = settings.base_url
         self.traffic = Traffic()
         self.session = requests.Session()
@@ -109,6 +111,8 @@ class Registry:
 
     def get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
         url = f"{self.base_url}/{path.lstrip('/')}"
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("stopping: no further requests")
         tries = self.settings.retries + 1
         self.traffic.requests += 1
         try:

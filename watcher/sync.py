@@ -18,7 +18,7 @@ from sqlmodel import Session
 from watcher import store as st
 from watcher.config import Config, Watch
 from watcher.differ import Change, diff, get_path, nct_id_of
-from watcher.errors import RegistryError
+from watcher.errors import Cancelled, RegistryError
 from watcher.models import SyncRun
 from watcher.registry import Listed, Registry
 
@@ -92,6 +92,8 @@ def run_sync(
             _close_run(session, run, report, registry, started, clock)
         report.seconds = time.monotonic() - started
         return report
+    except Cancelled:
+        raise
     except Exception as exc:
         _record_failure(store, registry, started_at, exc, clock)
         raise

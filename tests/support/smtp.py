@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class Recorder:
     received: list[Received] = field(default_factory=list)
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address → reply, e.g. "550 5.1.1 no such user"
     data_replies: list[str] = field(default_factory=list)  # replies to the next DATA commands
+    data_delay_s: float = 0.0  # wait this long before answering DATA (a slow server)
+    data_started: int = 0  # DATA commands seen
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if address in self.rcpt_replies:
@@ -48,6 +51,9 @@ class Recorder:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.data_started += 1
+        if self.data_delay_s:
+            await asyncio.sleep(self.data_delay_s)
         if self.data_replies:
             return self.data_replies.pop(0)
         self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))

@@ -1,0 +1,275 @@
+"""The daemon: scheduling with an injected clock, then the real process with signals and kill -9."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Runner, mail_config, write_config
+from tests.support.fakeapi import FakeRegistry
+from tests.support.smtp import SmtpServer
+from tests.support.world import TARGET
+from watcher.config import load_config
+from watcher.scheduler import Worker, build_scheduler
+from watcher.store import Store
+
+ALICE = "alice@example.org"
+
+
+class Clock:
+    def __init__(self, at: str) -> None:
+        self.now = datetime.fromisoformat(at).replace(tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def set(self, at: str) -> None:
+        self.now = datetime.fromisoformat(at).replace(tzinfo=UTC)
+
+
+def complete_target(fake: FakeRegistry, status: str = "COMPLETED") -> None:
+    fake.edit(TARGET, lambda r: r["protocolSection"]["statusModule"].update(overallStatus=status))
+    fake.refresh()
+
+
+def make_worker(tmp_path: Path, fake: FakeRegistry, smtp_port: int | None, frequency: str, schedule: str, clock: Clock,
+                operator: str = "") -> Worker:  # fmt: skip
+    subscribers = f'[[subscriber]]\nemail = "{ALICE}"\nwatches = ["mg-azathioprine"]\nfrequency = "{frequency}"\n'
+    extra = mail_config(smtp_port, subscribers, mail_extra=operator) + f"\n[schedule]\n{schedule}\n"
+    config = load_config(write_config(tmp_path, fake.base_url, extra=extra))
+    return Worker(config, Store(config.database_path), clock)
+
+
+# --- scheduling logic, injected time -------------------------------------------------------
+
+
+def test_immediate_digest_follows_a_sync_with_changes(tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
+    clock = Clock("2026-11-25T10:00:00")
+    worker = make_worker(tmp_path, fake, smtp.port, "immediate", "", clock)
+    worker.sync_job()  # baseline: nothing to tell
+    assert smtp.received == []
+    complete_target(fake)
+    clock.set("2026-11-25T16:00:00")
+    worker.sync_job()
+    [received] = smtp.received
+    assert "Status: Unknown status → Completed" in received.part("plain")
+    worker.sync_job()
+    assert len(smtp.received) == 1
+
+
+def test_daily_digest_waits_for_its_time_in_the_zone(tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
+    clock = Clock("2026-11-24T22:00:00")  # 06:00 on the 25th in Shanghai
+    schedule = 'digest_time = "08:00"\ntimezone = "Asia/Shanghai"'
+    worker = make_worker(tmp_path, fake, smtp.port, "daily", schedule, clock)
+    worker.sync_job()
+    complete_target(fake)
+    clock.set("2026-11-24T23:00:00")
+    worker.sync_job()
+    clock.set("2026-11-24T23:59:00")  # 07:59 in Shanghai
+    worker.digest_job()
+    assert smtp.received == []
+    clock.set("2026-11-25T00:00:00")  # 08:00 in Shanghai
+    worker.digest_job()
+    assert len(smtp.received) == 1
+    worker.digest_job()
+    clock.set("2026-11-25T06:00:00")
+    worker.digest_job()
+    assert len(smtp.received) == 1
+
+
+def test_catch_up_after_downtime_runs_once(tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
+    clock = Clock("2026-11-20T07:00:00")
+    worker = make_worker(tmp_path, fake, smtp.port, "daily", 'digest_time = "08:00"', clock)
+    worker.sync_job()
+    complete_target(fake)
+    clock.set("2026-11-20T07:30:00")
+    worker.sync_job()  # the change is found, the digest waits for 08:00 ... and the daemon stops
+    assert smtp.received == []
+    complete_target(fake, "TERMINATED")  # more news during the downtime
+    clock.set("2026-11-24T12:00:00")  # back four days (four digest times) later
+    worker.sync_job()  # the start-up sync, then the overdue digest: once
+    worker.digest_job()
+    worker.sync_job()
+    [received] = smtp.received
+    assert "Status: Unknown status → Terminated" in received.part("plain")
+    with sqlite3.connect(tmp_path / "watcher.db") as conn:
+        assert conn.execute("select count(*) from syncrun where outcome = 'ok'").fetchone() == (3,)
+
+
+def test_scheduler_never_overlaps_and_coalesces_missed_runs(tmp_path: Path, fake: FakeRegistry) -> None:
+    clock = Clock("2026-11-25T10:00:00")
+    worker = make_worker(tmp_path, fake, None, "daily", 'sync_every = "6h"\ndigest_time = "08:00"', clock)
+    scheduler = build_scheduler(worker, clock())
+    jobs = {job.id: job for job in scheduler.get_jobs()}
+    assert set(jobs) == {"sync", "digests", "retry"}
+    for job in jobs.values():
+        assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, None)
+    assert jobs["sync"].next_run_time == clock()  # syncs once at start
+    assert jobs["sync"].trigger.interval == timedelta(hours=6)
+    (tmp_path / "cron").mkdir()
+    cron = make_worker(tmp_path / "cron", fake, None, "daily", 'sync_cron = "0 */6 * * *"', clock)
+    ids = {job.id for job in build_scheduler(cron, clock()).get_jobs()}
+    assert ids == {"sync", "first-sync", "digests", "retry"}
+
+
+def test_operator_is_told_once_after_repeated_failures_and_on_recovery(
+    tmp_path: Path, fake: FakeRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock("2026-11-25T10:00:00")
+    operator = 'operator = "ops@example.org"'
+    worker = make_worker(tmp_path, fake, None, "daily", "alert_after_failures = 2", clock, operator=operator)
+    outbox = tmp_path / "outbox"
+    fake.faults.version_down = True
+    for _ in range(4):
+        worker.sync_job()
+    alerts = sorted(outbox.glob("*-operator.eml"))
+    assert len(alerts) == 1
+    assert b"syncing has failed 2 times in a row" in alerts[0].read_bytes()
+    assert [r.levelname for r in caplog.records if "times in a row" in r.getMessage()] == ["ERROR"]
+    fake.faults.version_down = False
+    worker.sync_job()
+    recovered = [a for a in outbox.glob("*-operator.eml") if b"recovered" in a.read_bytes()]
+    assert len(list(outbox.glob("*-operator.eml"))) == 2 and len(recovered) == 1
+    assert any("syncing recovered after 4 failed syncs in a row" in r.getMessage() for r in caplog.records)
+
+
+# --- the real process ------------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Daemon:
+    def __init__(self, config: Path) -> None:
+        self.log = config.parent / f"daemon-{time.monotonic_ns()}.log"
+        self.handle = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "watcher", "--config", str(config), "daemon"],
+            stdout=self.handle, stderr=subprocess.STDOUT, cwd=config.parent,
+        )  # fmt: skip
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.handle.close()
+        return code, time.monotonic() - started
+
+
+@pytest.fixture
+def daemon_config(tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer) -> Iterator[Path]:
+    subscribers = f'[[subscriber]]\nemail = "{ALICE}"\nwatches = ["mg-azathioprine"]\nfrequency = "immediate"\n'
+    extra = mail_config(smtp.port, subscribers) + '\n[schedule]\nsync_every = "1h"\n'
+    path = write_config(tmp_path, fake.base_url, extra=extra)
+    Runner(path)("sync")  # the baseline, so that the daemon's first sync has news
+    complete_target(fake)
+    yield path
+
+
+def changes_in(config: Path) -> list[dict[str, object]]:
+    return json.loads(Runner(config)("changes", "--json").stdout)
+
+
+def test_daemon_syncs_sends_refuses_a_twin_and_stops_on_sigterm(
+    daemon_config: Path, smtp: SmtpServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon = Daemon(daemon_config)
+    try:
+        wait_for(lambda: smtp.received, what="the first digest")
+        assert "Status: Unknown status → Completed" in smtp.received[0].part("plain")
+        twin = subprocess.run(
+            [sys.executable, "-m", "watcher", "--config", str(daemon_config), "daemon"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert twin.returncode == 1
+        assert twin.stderr.strip().splitlines() == [
+            f"error: another watcher daemon (pid {daemon.proc.pid}) is already running on {daemon_config.parent / 'watcher.db'}"
+        ]
+        status = json.loads(Runner(daemon_config)("status", "--json").stdout)
+        assert status["daemon"]["running"] and status["daemon"]["pid"] == daemon.proc.pid
+        assert status["daemon"]["next_sync"] is not None
+        assert len(changes_in(daemon_config)) == 1  # one-off commands work while it runs
+    finally:
+        code, seconds = daemon.stop(signal.SIGTERM)
+    assert code == 0, daemon.output
+    assert seconds < 5
+    assert "SIGTERM received: stopping" in daemon.output and "daemon stopped" in daemon.output
+    assert "Traceback" not in daemon.output
+    with capsys.disabled():
+        print(f"\n[daemon] SIGTERM to exit: {seconds:.2f} s")
+    assert json.loads(Runner(daemon_config)("status", "--json").stdout)["daemon"]["running"] is False
+
+
+def test_kill_9_during_a_sync_loses_nothing(daemon_config: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
+    fake.faults.latency_s = 0.5
+    fake.log.clear()
+    daemon = Daemon(daemon_config)
+    wait_for(lambda: fake.requests_to("/studies"), what="the sync to reach /studies")
+    daemon.stop(signal.SIGKILL)
+    assert changes_in(daemon_config) == [] and smtp.received == []
+    fake.faults.latency_s = 0
+    daemon = Daemon(daemon_config)
+    try:
+        wait_for(lambda: smtp.received, what="the digest after restart")
+        time.sleep(0.3)
+    finally:
+        assert daemon.stop()[0] == 0
+    assert [c["new"] for c in changes_in(daemon_config)] == ["COMPLETED"]
+    assert len(smtp.received) == 1
+
+
+def test_kill_9_during_a_send_sends_at_most_once_more(daemon_config: Path, smtp: SmtpServer) -> None:
+    smtp.recorder.data_delay_s = 3
+    daemon = Daemon(daemon_config)
+    wait_for(lambda: smtp.recorder.data_started, what="the send to start")
+    daemon.stop(signal.SIGKILL)
+    smtp.recorder.data_delay_s = 0
+    daemon = Daemon(daemon_config)
+    try:
+        wait_for(lambda: "digests: 1 sent" in daemon.output, what="the resend")
+    finally:
+        assert daemon.stop()[0] == 0
+    time.sleep(3.2)  # whatever the server still does with the interrupted copy
+    ids = {r.message["Message-ID"] for r in smtp.received}
+    # the interrupted copy may or may not have been taken; either way at most once more, same Message-ID
+    assert 1 <= len(smtp.received) <= 2 and len(ids) == 1
+    with sqlite3.connect(daemon_config.parent / "watcher.db") as conn:
+        assert conn.execute("select status, attempts from digest").fetchall() == [("sent", 1)]
+    assert len(changes_in(daemon_config)) == 1
+
+
+def test_sigterm_during_a_sync_rolls_it_back_and_exits_0(
+    daemon_config: Path, fake: FakeRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.faults.latency_s = 1.0
+    fake.log.clear()
+    daemon = Daemon(daemon_config)
+    wait_for(lambda: fake.requests_to("/studies"), what="the sync to reach /studies")
+    code, seconds = daemon.stop(signal.SIGTERM)
+    assert code == 0 and seconds < 5, daemon.output
+    assert "sync stopped for shutdown; nothing was stored" in daemon.output
+    assert changes_in(daemon_config) == []
+    with capsys.disabled():
+        print(f"\n[daemon] SIGTERM during a sync to exit: {seconds:.2f} s")
+    fake.faults.latency_s = 0
+    Runner(daemon_config)("sync")
+    assert [c["new"] for c in changes_in(daemon_config)] == ["COMPLETED"]
