@@ -34,7 +34,7 @@ class TrialUpdate:
     lines: tuple[Line, ...]
     new_trial: bool = False
     left_search: bool = False
-    summary: str = ""  # for a new trial: status and sites in a few words
+    summary: str = ""  # for a new trial: its sites in a few words
 
     @property
     def rank(self) -> int:
@@ -85,8 +85,7 @@ def _new_trial_summary(record: Mapping[str, Any] | None) -> str:
     if not record:
         return ""
     f = facts(dict(record))
-    sites = "no sites listed yet" if f.sites == "none listed" else f"sites: {f.sites}"
-    return f"{f.status} · {sites}"
+    return "no sites listed yet" if f.sites == "none listed" else f"sites: {f.sites}"
 
 
 def build(
