@@ -140,6 +140,7 @@ class Served:
 class FakeRegistry:
     def __init__(self, records: Iterable[Record] = (), data_timestamp: str = "2026-11-24T09:00:05") -> None:
         self.records: dict[str, Record] = {}
+        self._hits_cache: dict[tuple[tuple[str, str], ...], list[Record]] = {}
         for record in records:
             self.put(record)
         self.data_timestamp = data_timestamp
@@ -151,11 +152,13 @@ class FakeRegistry:
 
     # --- the world -------------------------------------------------------------------
 
-    def put(self, record: Record) -> None:
-        self.records[nct_id(record)] = copy.deepcopy(record)
+    def put(self, record: Record, copy_it: bool = True) -> None:
+        self.records[nct_id(record)] = copy.deepcopy(record) if copy_it else record
+        self._hits_cache.clear()
 
     def remove(self, study_id: str) -> None:
         self.records.pop(study_id)
+        self._hits_cache.clear()
 
     def edit(self, study_id: str, change: Callable[[Record], None], bump: bool = True) -> None:
         """Change a record as a sponsor's update would, bumping lastUpdatePostDate."""
@@ -164,6 +167,7 @@ class FakeRegistry:
             change(record)
             if bump:
                 self.bump(study_id)
+            self._hits_cache.clear()
 
     def bump(self, study_id: str) -> None:
         """Administrative churn only: move lastUpdatePostDate one day on."""
@@ -191,6 +195,7 @@ class FakeRegistry:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else keep-alive requests stall ~40 ms on delayed ACKs
 
             def do_GET(self) -> None:
                 registry._handle(self)
@@ -225,8 +230,9 @@ class FakeRegistry:
         url = urlsplit(handler.path)
         params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         path = url.path
-        if self.faults.latency_s:
-            time.sleep(self.faults.latency_s)
+        latency = self.latency_for(path)
+        if latency:
+            time.sleep(latency)
         with self.lock:
             status, body, headers = self._route(path, params)
             self.log.append(Served(path, params, status, len(body)))
@@ -236,6 +242,9 @@ class FakeRegistry:
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         handler.wfile.write(body)
+
+    def latency_for(self, path: str) -> float:
+        return self.faults.latency_s
 
     def _route(self, path: str, params: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         faults = self.faults
@@ -283,7 +292,7 @@ class FakeRegistry:
         if fault and self.faults.status_on_page_times > 0:
             self.faults.status_on_page_times -= 1
             return fault, b"upstream request timeout", {"Content-Type": "text/plain"}
-        hits = [r for r in self.records.values() if matches(r, params)]
+        hits = self.hits(params)
         chunk = hits[offset : offset + size]
         fields = [f for f in params.get("fields", "").replace("|", ",").split(",") if f]
         page: dict[str, Any] = {"studies": [project(r, fields) if fields else r for r in chunk]}
@@ -296,6 +305,23 @@ class FakeRegistry:
             self.faults.truncate_next -= 1
             body = body[: len(body) // 2]
         return status, body, headers
+
+    def hits(self, params: dict[str, str]) -> list[Record]:
+        """The records a query selects, in the world's order (cached until the world changes)."""
+        query = {k: v for k, v in params.items() if k not in ("pageSize", "pageToken", "fields", "countTotal")}
+        key = tuple(sorted(query.items()))
+        if key not in self._hits_cache:
+            if set(query) == {"filter.ids"}:  # a direct look-up, as a real index would do it
+                wanted = [s.strip().upper() for s in query["filter.ids"].replace("|", ",").split(",")]
+                if all(n in self.records for n in wanted):
+                    self._hits_cache[key] = [self.records[n] for n in dict.fromkeys(wanted)]
+                else:  # alias IDs: scan
+                    self._hits_cache[key] = [r for r in self.records.values() if matches(r, query)]
+            else:
+                self._hits_cache[key] = [r for r in self.records.values() if matches(r, query)]
+            if len(self._hits_cache) > 256:
+                self._hits_cache.pop(next(iter(self._hits_cache)))
+        return self._hits_cache[key]
 
     def _study(self, wanted: str, params: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         wanted = wanted.upper()

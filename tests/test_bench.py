@@ -1,0 +1,32 @@
+"""`bench/run.py --quick` as a smoke test, so the benchmark cannot rot. No timing thresholds here:
+speed and memory targets are checked by `make bench`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_runs_and_counts_right(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "vs naive" in result.stdout and "Targets:" in result.stdout
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    cycles = {(r["n"], r["cycle"], r["who"]) for r in rows}
+    for n in (10, 1000):
+        for cycle in ("baseline", "day", "quiet"):
+            assert {(n, cycle, "watcher"), (n, cycle, "naive")} <= cycles
+    ours = [r for r in rows if r["who"] == "watcher" and r["cycle"] != "digests"]
+    assert all(r["changes"] == r["planted"] for r in ours)  # every planted change found, once
+    assert all(r["requests"] == 1 for r in ours if r["cycle"] == "quiet")
+    assert data["digests"]["digests"] == 1000 and data["digests"]["changes_each"] == 50
+    assert data["startup_s"]["heavy modules imported by --help"] == "[]"
