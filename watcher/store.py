@@ -11,15 +11,16 @@ import hashlib
 import json
 import sqlite3
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, insert
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col, delete, func, select
 
 from watcher import models
@@ -130,46 +131,78 @@ def stored_last_updates(session: Session, nct_ids: Iterable[str] | None = None) 
     return result
 
 
-def save_record(
-    session: Session, record: dict[str, Any], data_timestamp: str | None, now: datetime, changed: bool
+def save_records(
+    session: Session,
+    records: Sequence[dict[str, Any]],
+    data_timestamp: str | None,
+    now: datetime,
+    changed: Collection[str] = (),
 ) -> None:
-    """Store `record` as the study's current state (a new snapshot only if its content is new)."""
-    nct_id = nct_id_of(record)
-    assert nct_id
-    body = canonical(record)
-    digest = hashlib.sha256(body).hexdigest()
-    snapshot_id = session.exec(
-        select(models.Snapshot.id).where(models.Snapshot.nct_id == nct_id, models.Snapshot.content_hash == digest)
-    ).first()
-    if snapshot_id is None:
-        snapshot = models.Snapshot(
-            nct_id=nct_id,
-            content_hash=digest,
-            record=zlib.compress(body, 6),
-            data_timestamp=data_timestamp,
-            stored_at=now,
+    """Store records as their studies' current state, a page at a time.
+
+    A record's content is stored once (a snapshot per distinct content hash), however often it
+    is fetched. `changed` names the studies whose tracked fields changed now.
+    """
+    prepared: dict[tuple[str, str], tuple[bytes, dict[str, Any]]] = {}
+    for record in records:
+        nct_id = nct_id_of(record)
+        assert nct_id
+        body = canonical(record)
+        prepared[(nct_id, hashlib.sha256(body).hexdigest())] = (body, record)
+    if not prepared:
+        return
+    ids = sorted({key[0] for key in prepared})
+    snapshots = models.Snapshot.__table__  # Core, not the ORM: no per-row objects on a big sync
+    known: dict[tuple[str, str], int] = {}
+    for start in range(0, len(ids), 500):
+        rows = session.execute(
+            select(snapshots.c.nct_id, snapshots.c.content_hash, snapshots.c.id).where(
+                snapshots.c.nct_id.in_(ids[start : start + 500])
+            )
         )
-        session.add(snapshot)
-        session.flush()
-        snapshot_id = snapshot.id
-    assert snapshot_id is not None
-    study = session.get(models.Study, nct_id)
-    facts = {
-        "snapshot_id": snapshot_id,
-        "brief_title": get_path(record, ("protocolSection", "identificationModule", "briefTitle")),
-        "overall_status": get_path(record, ("protocolSection", "statusModule", "overallStatus")),
-        "last_update": get_path(record, ("protocolSection", "statusModule", "lastUpdatePostDateStruct", "date")),
-        "checked_at": now,
-    }
-    if study is None:
-        session.add(models.Study(nct_id=nct_id, first_seen_at=now, **facts))
-    else:
-        for key, value in facts.items():
-            setattr(study, key, value)
-        if changed:
-            study.changed_at = now
-        session.add(study)
-    session.flush()
+        known.update({(n, h): i for n, h, i in rows})
+    fresh = [
+        {"nct_id": n, "content_hash": h, "record": zlib.compress(body, 6), "data_timestamp": data_timestamp,
+         "stored_at": now}
+        for (n, h), (body, _) in prepared.items()
+        if (n, h) not in known
+    ]  # fmt: skip
+    if fresh:
+        inserted = session.execute(
+            insert(snapshots).returning(snapshots.c.id, snapshots.c.nct_id, snapshots.c.content_hash), fresh
+        )
+        known.update({(n, h): i for i, n, h in inserted})
+    studies = models.Study.__table__
+    upsert = sqlite_insert(studies)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[studies.c.nct_id],
+        set_={
+            "snapshot_id": upsert.excluded.snapshot_id,
+            "brief_title": upsert.excluded.brief_title,
+            "overall_status": upsert.excluded.overall_status,
+            "last_update": upsert.excluded.last_update,
+            "checked_at": upsert.excluded.checked_at,
+            "changed_at": func.coalesce(upsert.excluded.changed_at, studies.c.changed_at),
+        },
+    )
+    session.execute(
+        upsert,
+        [
+            {
+                "nct_id": n,
+                "snapshot_id": known[(n, h)],
+                "brief_title": get_path(record, ("protocolSection", "identificationModule", "briefTitle")),
+                "overall_status": get_path(record, ("protocolSection", "statusModule", "overallStatus")),
+                "last_update": get_path(
+                    record, ("protocolSection", "statusModule", "lastUpdatePostDateStruct", "date")
+                ),
+                "first_seen_at": now,
+                "checked_at": now,
+                "changed_at": now if n in changed else None,
+            }
+            for (n, h), (_, record) in prepared.items()
+        ],
+    )
     session.expunge_all()  # keep memory flat over a long sync
 
 

@@ -228,13 +228,15 @@ def _apply_sync(
         progress(0, len(to_fetch))
     for page in registry.fetch(to_fetch):
         old_records = st.load_records(session, (nct_id_of(r) or "" for r in page))
+        changed: set[str] = set()
         for record in page:
             nct_id = nct_id_of(record) or ""
-            changes = record_study(
-                session, record, old_records.get(nct_id), attributed(nct_id), report.data_timestamp, now, report.run_id
-            )
+            changes = record_changes(session, record, old_records.get(nct_id), attributed(nct_id), now, report.run_id)
             report.changes += len(changes)
             fetched.add(nct_id)
+            if changes:
+                changed.add(nct_id)
+        st.save_records(session, page, report.data_timestamp, now, changed)
         if progress:
             progress(len(fetched), len(to_fetch))
     report.fetched = len(fetched)
@@ -258,23 +260,22 @@ def _apply_sync(
     st.forget_watches(session, [w.name for w in watches])
 
 
-def record_study(
+def record_changes(
     session: Session,
     record: dict[str, Any],
     old: dict[str, Any] | None,
     watches: Sequence[str],
-    data_timestamp: str | None,
     now: datetime,
     run_id: int | None,
 ) -> list[Change]:
-    """Store a freshly fetched record and log its changes against the stored one.
+    """Log the changes of a freshly fetched record against the stored one (none for a new study).
 
-    The changes belong to `watches` (possibly none: a trial checked by hand).
+    The changes belong to `watches` (possibly none: a trial checked by hand). The caller
+    stores the record itself with `store.save_records`.
     """
     changes = diff(old, record) if old is not None else []
     for change in changes:
         st.add_change(session, change, watches, now, run_id)
-    st.save_record(session, record, data_timestamp, now, changed=bool(changes))
     return changes
 
 
@@ -337,13 +338,15 @@ def run_check(
                 changes = (
                     []
                     if nct_id in done
-                    else record_study(session, record, old_records.get(nct_id), watches, None, now, run.id)
+                    else record_changes(session, record, old_records.get(nct_id), watches, now, run.id)
                 )
                 done.add(nct_id)
                 row = rows.get(nct_id)
                 checked.append(
                     CheckedStudy(asked, nct_id, record, changes, row is None, row.checked_at if row else None, watches)
                 )
+            changed = {c.nct_id for c in checked if c.changes}
+            st.save_records(session, list({nct_id_of(r): r for r in by_request.values()}.values()), None, now, changed)
             run.outcome = "ok"
             run.finished_at = clock()
             run.requests, run.bytes = registry.traffic.requests, registry.traffic.bytes
