@@ -100,7 +100,8 @@ def test_unchanged_data_timestamp_costs_one_request(run: Runner, fake: FakeRegis
     fake.log.clear()
     out = run("sync").stdout
     assert out.startswith("Registry data unchanged since the last sync (2026-11-24 09:00); nothing to do (1 request).")
-    assert [s.path for s in fake.log] == ["/api/v2/version"]
+    run("sync")  # and again: a quiet poll after a quiet poll is just as cheap
+    assert [s.path for s in fake.log] == ["/api/v2/version", "/api/v2/version"]
 
 
 def test_a_day_of_changes_fetches_only_what_moved(run: Runner, fake: FakeRegistry) -> None:

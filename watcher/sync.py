@@ -80,7 +80,7 @@ def run_sync(
         previous = last.data_timestamp if last else None
         if last and previous == stamp and last.watches_fingerprint == config.watches_fingerprint:
             report = SyncReport("unchanged", stamp, previous)
-            return _finish(store, registry, report, started, started_at, clock)
+            return _finish(store, registry, report, config.watches_fingerprint, started, started_at, clock)
 
         listed, members, missing = _list_members(config.watches, registry)
         report = SyncReport("ok", stamp, previous)
@@ -89,7 +89,7 @@ def run_sync(
             report.run_id = run.id
             st.ensure_subscriber_states(session, config, run.started_at)
             _apply_sync(session, config.watches, listed, members, missing, registry, report, progress, clock)
-            _close_run(session, run, report, registry, started, clock)
+            _close_run(session, run, report, registry, clock)
         report.seconds = time.monotonic() - started
         return report
     except Cancelled:
@@ -103,15 +103,15 @@ def _finish(
     store: st.Store,
     registry: Registry,
     report: SyncReport,
+    fingerprint: str,
     started: float,
     started_at: datetime,
     clock: Callable[[], datetime],
 ) -> SyncReport:
     with store.write() as session:
-        run = _new_run(session, started_at, report.data_timestamp, None)
-        run.outcome = report.outcome
+        run = _new_run(session, started_at, report.data_timestamp, fingerprint)
         report.run_id = run.id
-        _close_run(session, run, report, registry, started, clock)
+        _close_run(session, run, report, registry, clock)
     report.seconds = time.monotonic() - started
     return report
 
@@ -130,7 +130,6 @@ def _close_run(
     run: SyncRun,
     report: SyncReport,
     registry: Registry,
-    started: float,
     clock: Callable[[], datetime],
 ) -> None:
     report.requests, report.bytes = registry.traffic.requests, registry.traffic.bytes
