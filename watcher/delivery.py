@@ -201,7 +201,7 @@ def send_pending(
             else:
                 _mark(store, digest_id, "sent", None, clock())
                 outcomes.append(Outcome(email, "sent", subject, changes, "", digest_id))
-                log.info("digest %d sent to %s (%d changes)", digest_id, email, changes)
+                log.info("digest %d sent to %s (%d change%s)", digest_id, email, changes, "" if changes == 1 else "s")
     return outcomes
 
 

@@ -266,13 +266,21 @@ def run_daemon(config: Config, store: st.Store) -> None:
         started_at = st.utcnow()
         scheduler = build_scheduler(worker, started_at)
 
+        def shutdown() -> None:
+            from apscheduler.schedulers import SchedulerNotRunningError
+
+            try:
+                scheduler.shutdown(wait=False)
+            except SchedulerNotRunningError:
+                pass
+
         def stop(signum: int, _frame: object) -> None:
-            if worker.cancel.is_set():
+            if worker.cancel.is_set():  # a second signal (e.g. to the whole process group)
                 return
-            log.info("%s received: stopping", signal.Signals(signum).name)
             worker.cancel.set()
+            log.info("%s received: stopping", signal.Signals(signum).name)
             # shut down from another thread: the handler may interrupt the scheduler holding its locks
-            threading.Thread(target=scheduler.shutdown, kwargs={"wait": False}, daemon=True).start()
+            threading.Thread(target=shutdown, daemon=True).start()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
