@@ -14,7 +14,6 @@ import argparse
 import json
 import random
 import sys
-import threading
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -169,10 +168,7 @@ def main() -> None:
     fake.faults.latency_s = args.latency
     fake.start()
     print(f"ready {fake.base_url}", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        fake.stop()
+    fake.serve_until_interrupted()
 
 
 if __name__ == "__main__":

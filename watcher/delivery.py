@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 from watcher import models
 from watcher import store as st
 from watcher.config import Config, Subscriber
-from watcher.digest import Digest, PendingChange, build
+from watcher.digest import Digest, build
 from watcher.mailer import (
     Deferred,
     OutboxTransport,
@@ -106,10 +106,9 @@ def compose(
     session: Session, config: Config, subscriber: Subscriber, changes: list[st.StoredChange], now: datetime
 ) -> Digest | None:
     records = st.load_records(session, {c.nct_id for c in changes})
-    pending = [PendingChange(c.id, c.nct_id, c.kind, c.field, c.old, c.new, c.site) for c in changes]
     local_day = now.astimezone(_zone(config)).date()
     return build(
-        subscriber.email, subscriber.frequency, subscriber.watches, pending, records, local_day,
+        subscriber.email, subscriber.frequency, subscriber.watches, changes, records, local_day,
         unsubscribe_link(config), subscriber.kinds,
     )  # fmt: skip
 

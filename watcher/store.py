@@ -26,6 +26,7 @@ from sqlmodel import Session, SQLModel, col, delete, func, select
 from watcher import models
 from watcher.config import Config
 from watcher.differ import Change, get_path, nct_id_of
+from watcher.digest import PendingChange
 from watcher.errors import StoreError
 from watcher.timing import current_slot
 
@@ -299,15 +300,10 @@ def add_change(session: Session, change: Change, watches: Sequence[str], now: da
         session.add(models.ChangeWatch(change_id=row.id, watch=watch))
 
 
-@dataclass(frozen=True)
-class StoredChange:
-    id: int
-    nct_id: str
-    kind: str
-    field: str | None
-    old: Any
-    new: Any
-    site: dict[str, Any] | None
+@dataclass(frozen=True, kw_only=True)
+class StoredChange(PendingChange):
+    """A change as the log holds it: when it was detected, and for which watches."""
+
     detected_at: datetime
     watches: tuple[str, ...]
 

@@ -221,6 +221,12 @@ class FakeRegistry:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def serve_until_interrupted(self) -> None:
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            self.stop()
+
     def requests_to(self, path: str) -> list[Served]:
         return [s for s in self.log if s.path.endswith(path)]
 
@@ -349,10 +355,7 @@ def main() -> None:
         records = list(mg_world().values())
     fake = FakeRegistry(records).start(args.port)
     print(f"fake ClinicalTrials.gov API serving {len(records)} studies at {fake.base_url}", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        fake.stop()
+    fake.serve_until_interrupted()
 
 
 if __name__ == "__main__":
