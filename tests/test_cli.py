@@ -151,3 +151,36 @@ def test_database_untouched_by_a_failed_check(run: Runner, fake: FakeRegistry, c
     result = run("check", TARGET, code=1)
     assert result.stderr.startswith("error: ClinicalTrials.gov sent a body that is not complete JSON")
     assert dump_db(config_file.parent / "watcher.db") == before
+
+
+def test_registry_text_cannot_drive_the_terminal(run: Runner, fake: FakeRegistry) -> None:
+    evil = "Trial \x1b[2J\x1b]0;pwned\x07 title\r\nwith a break"
+    fake.edit(TARGET, lambda r: r["protocolSection"]["identificationModule"].update(briefTitle=evil))
+    out = run("check", TARGET).stdout
+    assert "\x1b" not in out and "\r" not in out and "\x07" not in out
+    assert "NCT01727193  Trial [2J]0;pwned title with a break" in out
+    data = json.loads(run("show", TARGET, "--json").stdout)
+    assert data[0]["title"] == "Trial \x1b[2J\x1b]0;pwned\x07 title with a break"  # JSON keeps it, escaped
+
+
+@pytest.mark.parametrize(
+    ("args", "allowed"),
+    [
+        (["--help"], set()),
+        (["changes", "--json"], {"sqlalchemy", "sqlmodel"}),
+        (["subscribers"], {"sqlalchemy", "sqlmodel"}),
+    ],
+)
+def test_commands_import_only_what_they_need(config_file: Path, args: list[str], allowed: set[str]) -> None:
+    import subprocess
+    import sys
+
+    heavy = {"requests", "urllib3", "sqlalchemy", "sqlmodel", "apscheduler", "jinja2", "rich", "pydantic"}
+    probe = (
+        f"import sys\nsys.argv = ['watcher', '--config', {str(config_file)!r}, *{args!r}]\n"
+        "from watcher.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    imported = set(result.stderr.strip().splitlines()[-1].split(","))
+    assert imported & heavy <= allowed | ({"pydantic"} if "sqlmodel" in allowed else set())

@@ -28,6 +28,12 @@ if TYPE_CHECKING:
     from watcher.sync import CheckedStudy, SyncReport
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Registry text is untrusted: no control characters (terminal escapes, CR) reach the terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def echo(message: str = "", err: bool = False, nl: bool = True) -> None:
+    click.echo(_CONTROL.sub("", message), err=err, nl=nl)
 
 
 class App:
@@ -67,10 +73,10 @@ class WatcherGroup(click.Group):
         try:
             return super().invoke(ctx)
         except WatcherError as exc:
-            click.echo(f"error: {exc}", err=True)
+            echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted; nothing was half-written.", err=True)
+            echo("interrupted; nothing was half-written.", err=True)
             ctx.exit(130)
         finally:
             if isinstance(ctx.obj, App):
@@ -132,7 +138,7 @@ def _nct_ids(values: Sequence[str]) -> list[str]:
 
 
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _size(n: int) -> str:
@@ -217,7 +223,7 @@ def sync(app: App, quiet: bool) -> None:
     with app.registry() as registry, _progress(not quiet) as progress:
         report = run_sync(config, store, registry, progress=progress)
     if not quiet:
-        click.echo(format_sync_report(report))
+        echo(format_sync_report(report))
 
 
 def format_sync_report(report: SyncReport) -> str:
@@ -280,7 +286,7 @@ def check(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
     else:
         blocks = [format_checked(s) for s in report.studies]
         blocks += [f"{n}  not found in ClinicalTrials.gov" for n in report.missing]
-        click.echo("\n\n".join(blocks))
+        echo("\n\n".join(blocks))
     if report.missing:
         raise click.exceptions.Exit(1)
 
@@ -396,9 +402,9 @@ def changes(app: App, since: str | None, watch_names: tuple[str, ...], nct_ids: 
         _print_json([_change_json(c, titles) for c in found])
         return
     if not found:
-        click.echo("No changes recorded" + (f" since {moment:%Y-%m-%d %H:%M} UTC" if moment else "") + ".")
+        echo("No changes recorded" + (f" since {moment:%Y-%m-%d %H:%M} UTC" if moment else "") + ".")
         return
-    click.echo(format_changes(found, titles))
+    echo(format_changes(found, titles))
 
 
 def format_changes(found: Sequence[StoredChange], titles: dict[str, str | None]) -> str:
@@ -447,7 +453,7 @@ def show(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
                 note += f"\n  {'Stored':<12} fetched {rows[n].checked_at:%Y-%m-%d %H:%M} UTC"
                 blocks.append("\n".join(format_facts(records[n], note)))
         if blocks:
-            click.echo("\n\n".join(blocks))
+            echo("\n\n".join(blocks))
     if unknown:
         raise WatcherError(f"{', '.join(unknown)}: not stored yet; run: watcher check {' '.join(unknown)}")
 
@@ -472,13 +478,13 @@ def history(app: App, nct_id: str, as_json: bool) -> None:
         return
     from watcher.wording import describe
 
-    click.echo(f"{nct}  {titles[nct] or ''}".rstrip())
+    echo(f"{nct}  {titles[nct] or ''}".rstrip())
     if row is not None:
-        click.echo(f"  {row.first_seen_at:%Y-%m-%d}  first stored")
+        echo(f"  {row.first_seen_at:%Y-%m-%d}  first stored")
     for c in found:
-        click.echo(f"  {c.detected_at:%Y-%m-%d}  {describe(c).text}")
+        echo(f"  {c.detected_at:%Y-%m-%d}  {describe(c).text}")
     if not found:
-        click.echo("  no change recorded since")
+        echo("  no change recorded since")
 
 
 # --- digests ---------------------------------------------------------------------------
@@ -506,24 +512,22 @@ def digest_send(app: App, dry_run: bool, everyone: bool, retry_failed: bool) -> 
     config, store = app.config, app.store
     if retry_failed and not dry_run:
         count = requeue(store)
-        click.echo(f"{_plural(count, 'failed digest')} queued again.")
+        echo(f"{_plural(count, 'failed digest')} queued again.")
     report = send_due(config, store, everyone=everyone, dry_run=dry_run)
     if not report.outcomes:
-        click.echo("No digest is due.")
+        echo("No digest is due.")
         return
     width = max(len(o.email) for o in report.outcomes)
     for o in report.outcomes:
         changes = _plural(o.changes, "change")
         if o.status == "would-send":
-            click.echo(f"would send  {o.email.ljust(width)}  {o.subject} ({changes})")
+            echo(f"would send  {o.email.ljust(width)}  {o.subject} ({changes})")
         elif o.status == "sent":
-            click.echo(f"sent        {o.email.ljust(width)}  {o.subject} ({changes}) via {report.transport}")
+            echo(f"sent        {o.email.ljust(width)}  {o.subject} ({changes}) via {report.transport}")
         elif o.status == "deferred":
-            click.echo(f"error: {o.email}: {o.detail}; it stays queued and will be retried.", err=True)
+            echo(f"error: {o.email}: {o.detail}; it stays queued and will be retried.", err=True)
         else:
-            click.echo(
-                f"error: {o.email}: {o.detail}; the digest is marked failed (see: watcher subscribers).", err=True
-            )
+            echo(f"error: {o.email}: {o.detail}; the digest is marked failed (see: watcher subscribers).", err=True)
     if not report.ok:
         raise click.exceptions.Exit(1)
 
@@ -542,16 +546,16 @@ def digest_preview(app: App, email: str, html_file: str | None, text_only: bool)
 
     result = preview(app.config, app.store, email, utcnow())
     if result is None:
-        click.echo(f"Nothing new for {email} since their last digest.")
+        echo(f"Nothing new for {email} since their last digest.")
         return
     digest, rendered = result
     if html_file:
         Path(html_file).write_text(rendered.html, encoding="utf-8")
     if not text_only:
-        click.echo(f"Subject: {rendered.subject}\nTo: {digest.email}\n")
-    click.echo(rendered.text, nl=False)
+        echo(f"Subject: {rendered.subject}\nTo: {digest.email}\n")
+    echo(rendered.text, nl=False)
     if html_file and not text_only:
-        click.echo(f"\n(HTML part written to {html_file})")
+        echo(f"\n(HTML part written to {html_file})")
 
 
 @cli.command()
@@ -577,15 +581,15 @@ def subscribers(app: App, as_json: bool) -> None:
         )  # fmt: skip
         return
     if not statuses:
-        click.echo("No subscribers in the config ([[subscriber]] tables).")
+        echo("No subscribers in the config ([[subscriber]] tables).")
         return
     for s in statuses:
         last = f"{s.last_delivered:%Y-%m-%d %H:%M} UTC" if s.last_delivered else "never"
-        click.echo(f"{s.email}  ({s.frequency}) follows {', '.join(s.watches)}")
+        echo(f"{s.email}  ({s.frequency}) follows {', '.join(s.watches)}")
         kinds = f" · only {', '.join(s.kinds)}" if s.kinds else ""
-        click.echo(f"  last digest {last} · {_plural(s.pending_changes, 'change')} pending · {s.queued} queued{kinds}")
+        echo(f"  last digest {last} · {_plural(s.pending_changes, 'change')} pending · {s.queued} queued{kinds}")
         for digest_id, error in s.failed:
-            click.echo(f"  failed digest #{digest_id}: {error}")
+            echo(f"  failed digest #{digest_id}: {error}")
 
 
 @cli.command("test-email")
@@ -616,7 +620,7 @@ def test_email(app: App, email: str) -> None:
     transport = make_transport(config)
     with transport:
         transport.send(message.as_bytes(), config.mail.from_, email, f"{now:%Y%m%dT%H%M%SZ}-sample-{email}")
-    click.echo(f"Sample digest sent to {email} via {transport.description}.")
+    echo(f"Sample digest sent to {email} via {transport.description}.")
 
 
 # --- the daemon --------------------------------------------------------------------------
@@ -687,7 +691,7 @@ def status(app: App, as_json: bool) -> None:
         _print_json(data)
         return
     daemon_line = f"running (pid {pid})" if running else "not running"
-    click.echo(f"Daemon      {daemon_line}")
+    echo(f"Daemon      {daemon_line}")
     if running and state:
         nxt = [
             f"{what} {when:%Y-%m-%d %H:%M} UTC"
@@ -695,11 +699,11 @@ def status(app: App, as_json: bool) -> None:
             if when
         ]
         if nxt:
-            click.echo(f"Next        {' · '.join(nxt)}")
+            echo(f"Next        {' · '.join(nxt)}")
     queued, failed, sent = (counts.get(k, 0) for k in ("pending", "failed", "sent"))
-    click.echo(f"Digests     {queued} queued · {failed} failed · {sent} sent")
+    echo(f"Digests     {queued} queued · {failed} failed · {sent} sent")
     if not runs:
-        click.echo("Runs        none yet: run `watcher sync`")
+        echo("Runs        none yet: run `watcher sync`")
     for r in runs:
         when = f"{r.started_at:%Y-%m-%d %H:%M}"
         if r.outcome == "failed":
@@ -707,4 +711,4 @@ def status(app: App, as_json: bool) -> None:
         else:
             detail = f"registry data {_stamp(r.data_timestamp)} · {_plural(r.requests, 'request')}"
             detail += f" · {_plural(r.changes, 'change')}"
-        click.echo(f"  {when}  {r.kind:<5}  {r.outcome:<9}  {detail}")
+        echo(f"  {when}  {r.kind:<5}  {r.outcome:<9}  {detail}")

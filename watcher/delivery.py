@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 from watcher import models
 from watcher import store as st
 from watcher.config import Config, Subscriber
-from watcher.digest import Digest, build
+from watcher.digest import Digest, Rendered, build
 from watcher.mailer import (
     Deferred,
     OutboxTransport,
@@ -35,7 +35,6 @@ from watcher.mailer import (
     default_unsubscribe,
     new_message_id,
 )
-from watcher.render import Rendered, render
 from watcher.timing import current_slot, is_due
 
 log = logging.getLogger(__name__)
@@ -137,11 +136,17 @@ def queue_due(
             if dry_run:
                 queued.append(Outcome(sub.email, "would-send", digest.subject, len(digest.change_ids)))
                 continue
-            row = persist(session, config, digest, render(digest), now)
+            row = persist(session, config, digest, _render(digest), now)
             queued.append(Outcome(sub.email, "pending", digest.subject, len(digest.change_ids), digest_id=row.id))
         if dry_run:
             session.rollback()
     return queued
+
+
+def _render(digest: Digest) -> Rendered:
+    from watcher.render import render  # Jinja2 only where a digest is rendered
+
+    return render(digest)
 
 
 def persist(session: Session, config: Config, digest: Digest, rendered: Rendered, now: datetime) -> models.Digest:
@@ -252,7 +257,7 @@ def preview(config: Config, store: st.Store, email: str, now: datetime) -> tuple
         state = session.get(models.SubscriberState, subscriber.email.lower())
         since = state.since if state else now
         digest = compose(session, config, subscriber, pending_changes(session, subscriber, since), now)
-    return None if digest is None else (digest, render(digest))
+    return None if digest is None else (digest, _render(digest))
 
 
 @dataclass

@@ -58,6 +58,15 @@ class Digest:
         return f"{self.day.day} {self.day:%B %Y}"
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """A digest as words: what `watcher.render` makes of it."""
+
+    subject: str
+    text: str
+    html: str
+
+
 def merge(changes: Sequence[PendingChange]) -> list[PendingChange]:
     """Successive changes of one field read as one: A → B → C is A → C; A → B → A is nothing."""
     merged: dict[tuple[Any, ...], PendingChange] = {}

@@ -21,8 +21,8 @@ from pathlib import Path
 from types import TracebackType
 
 from watcher.config import SmtpSettings
+from watcher.digest import Rendered
 from watcher.errors import DeliveryError
-from watcher.render import Rendered
 
 
 class Deferred(DeliveryError):

@@ -3,20 +3,12 @@ the HTML template is autoescaped."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import jinja2
 
-from watcher.digest import Digest
-
-
-@dataclass(frozen=True)
-class Rendered:
-    subject: str
-    text: str
-    html: str
+from watcher.digest import Digest, Rendered
 
 
 def templates_dir() -> Path:

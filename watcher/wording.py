@@ -255,7 +255,7 @@ def facts(record: dict[str, Any]) -> Facts:
     """The key facts of a study record, in words."""
     status_module = get_path(record, ("protocolSection", "statusModule")) or {}
     nct_id = get_path(record, ("protocolSection", "identificationModule", "nctId")) or "?"
-    title = get_path(record, ("protocolSection", "identificationModule", "briefTitle")) or "(no title)"
+    title = " ".join(str(get_path(record, ("protocolSection", "identificationModule", "briefTitle")) or "").split())
     overall = status_module.get("overallStatus")
     last_known = status_module.get("lastKnownStatus")
     enrollment = get_path(record, ("protocolSection", "designModule", "enrollmentInfo")) or {}
@@ -294,7 +294,7 @@ def facts(record: dict[str, Any]) -> Facts:
         results = "not posted"
     return Facts(
         nct_id=nct_id,
-        title=title,
+        title=title or "(no title)",
         status=status_label(overall),
         last_known=status_label(last_known) if last_known and overall == "UNKNOWN" else None,
         why_stopped=status_module.get("whyStopped"),
