@@ -510,6 +510,9 @@ def digest_send(app: App, dry_run: bool, everyone: bool, retry_failed: bool) -> 
     from watcher.delivery import send_due
 
     config, store = app.config, app.store
+    if not config.subscribers:
+        echo(f"No subscribers in {config.path.name}: add [[subscriber]] tables to send digests.")
+        return
     if retry_failed and not dry_run:
         count = requeue(store)
         echo(f"{_plural(count, 'failed digest')} queued again.")
