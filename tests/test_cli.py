@@ -184,3 +184,17 @@ def test_commands_import_only_what_they_need(config_file: Path, args: list[str],
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     imported = set(result.stderr.strip().splitlines()[-1].split(","))
     assert imported & heavy <= allowed | ({"pydantic"} if "sqlmodel" in allowed else set())
+
+
+def test_status_shows_runs_and_the_outbox(run: Runner, fake: FakeRegistry) -> None:
+    assert "Runs        none yet: run `watcher sync`" in run("status").stdout
+    run("sync")
+    fake.faults.version_down = True
+    run("sync", code=1)
+    lines = run("status").stdout.splitlines()
+    assert lines[0] == "Daemon      not running"
+    assert lines[1] == "Digests     0 queued · 0 failed · 0 sent"
+    assert lines[2].endswith("sync   failed     ClinicalTrials.gov answered 503 unavailable")
+    assert lines[3].endswith("sync   ok         registry data 2026-11-24 09:00 · 4 requests · 0 changes")
+    data = json.loads(run("status", "--json").stdout)
+    assert [r["outcome"] for r in data["runs"]] == ["failed", "ok"] and data["daemon"]["running"] is False

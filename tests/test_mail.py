@@ -324,4 +324,6 @@ def test_daily_subscriber_waits_for_the_digest_time(daily: Runner, fake: FakeReg
 
 
 def test_digest_send_without_subscribers_says_so(run: Runner) -> None:
-    assert run("digest", "send").stdout == "No subscribers in watcher.toml: add [[subscriber]] tables to send digests.\n"
+    assert (
+        run("digest", "send").stdout == "No subscribers in watcher.toml: add [[subscriber]] tables to send digests.\n"
+    )

@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from watcher import __version__
+from watcher import __version__, present
 from watcher.config import Config, check_nct_id, load_config
 from watcher.errors import ConfigError, WatcherError
 
 if TYPE_CHECKING:
     from watcher.registry import Registry
-    from watcher.store import Store, StoredChange
-    from watcher.sync import CheckedStudy, SyncReport
+    from watcher.store import Store
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Registry text is untrusted: no control characters (terminal escapes, CR) reach the terminal.
@@ -141,22 +140,6 @@ def _print_json(data: Any) -> None:
     echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    if n < 1024 * 1024:
-        return f"{n / 1024:.0f} KB"
-    return f"{n / 1024 / 1024:.1f} MB"
-
-
-def _plural(n: int, word: str, many: str | None = None) -> str:
-    return f"{n:,} {word if n == 1 else (many or word + 's')}"
-
-
-def _stamp(value: str | None) -> str:
-    return value.replace("T", " ")[:16] if value else "unknown"
-
-
 def parse_since(value: str, now: datetime | None = None) -> datetime:
     """ISO 8601 date/time, 'today', 'yesterday', or an age like '7d' / '12h' → UTC."""
     now = now or datetime.now(UTC)
@@ -223,41 +206,7 @@ def sync(app: App, quiet: bool) -> None:
     with app.registry() as registry, _progress(not quiet) as progress:
         report = run_sync(config, store, registry, progress=progress)
     if not quiet:
-        echo(format_sync_report(report))
-
-
-def format_sync_report(report: SyncReport) -> str:
-    if report.outcome == "unchanged":
-        return (
-            f"Registry data unchanged since the last sync ({_stamp(report.data_timestamp)}); "
-            f"nothing to do ({_plural(report.requests, 'request')})."
-        )
-    lines = [
-        f"Registry data of {_stamp(report.data_timestamp)}"
-        + (
-            " (new since the last sync)"
-            if report.previous_timestamp and report.previous_timestamp != report.data_timestamp
-            else ""
-        )
-    ]
-    width = max((len(w.name) for w in report.watches), default=0)
-    for w in report.watches:
-        parts = [_plural(w.members, "trial")]
-        if w.baseline:
-            parts.append("baseline stored; changes are reported from the next sync")
-        else:
-            parts += [f"{w.updated:,} updated"] if w.updated else []
-            parts += [f"{w.new:,} new"] if w.new else []
-            parts += [f"{w.left:,} left the search"] if w.left else []
-        lines.append(f"{w.name.ljust(width)}  " + " · ".join(parts))
-        for nct_id in w.missing:
-            lines.append(f"{''.ljust(width)}  ! {nct_id} was not found in the registry")
-    traffic = f"{_plural(report.requests, 'request')} ({_size(report.bytes)})"
-    summary = f"{_plural(report.changes, 'change')} recorded in {traffic} in {report.seconds:.1f} s."
-    if report.changes:
-        summary += "  See them: watcher changes --since today"
-    lines.append(summary)
-    return "\n".join(lines)
+        echo(present.format_sync_report(report))
 
 
 @cli.command()
@@ -278,93 +227,17 @@ def check(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         _print_json(
             {
-                "studies": [_checked_json(s) for s in report.studies],
+                "studies": [present.checked_json(s) for s in report.studies],
                 "missing": report.missing,
                 "requests": report.requests,
             }
         )
     else:
-        blocks = [format_checked(s) for s in report.studies]
+        blocks = [present.format_checked(s) for s in report.studies]
         blocks += [f"{n}  not found in ClinicalTrials.gov" for n in report.missing]
         echo("\n\n".join(blocks))
     if report.missing:
         raise click.exceptions.Exit(1)
-
-
-def _checked_json(study: CheckedStudy) -> dict[str, Any]:
-    from watcher.wording import describe_all
-
-    return {
-        "nct_id": study.nct_id,
-        "requested": study.requested,
-        "facts": _facts_json(study.record),
-        "first_check": study.first_check,
-        "changes": [
-            {"kind": c.kind, "field": c.field, "old": c.old, "new": c.new, "site": c.site} for c in study.changes
-        ],
-        "summary": [line.text for line in describe_all(study.changes)],
-        "watches": study.watches,
-    }
-
-
-def _facts_json(record: dict[str, Any]) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    from watcher.wording import facts
-
-    f = facts(record)
-    return {**asdict(f), "url": f.url}
-
-
-def format_facts(record: dict[str, Any], note: str | None = None) -> list[str]:
-    import textwrap
-
-    from watcher.wording import facts
-
-    f = facts(record)
-    title = textwrap.wrap(f.title, 68) or [""]
-    lines = [f"{f.nct_id}  {title[0]}"] + [f"{'':13}{t}" for t in title[1:]]
-    status = f.status + (f" (last known: {f.last_known})" if f.last_known else "")
-    if f.why_stopped:
-        status += f' · "{f.why_stopped}"'
-    rows = [
-        ("Status", status),
-        ("Enrollment", f.enrollment),
-        ("Dates", f.dates),
-        ("Sites", f.sites),
-        ("Results", f.results),
-        ("Phase", f.phases),
-        ("Sponsor", f.sponsor),
-        ("Record", f"{f.url} · last updated {f.last_update or 'unknown'}"),
-    ]
-    lines += [f"  {k:<12} {v}" for k, v in rows]
-    if note:
-        lines.append(note)
-    return lines
-
-
-def format_checked(study: CheckedStudy) -> str:
-    from watcher.wording import describe_all
-
-    lines = format_facts(study.record)
-    if study.requested != study.nct_id:
-        lines.append(f"  ({study.requested} is an old ID of {study.nct_id})")
-    lines.append("")
-    if study.first_check:
-        lines.append("  First check: this record is now stored; later checks and syncs report what changes.")
-    else:
-        since = f" ({study.previous_check:%Y-%m-%d})" if study.previous_check else ""
-        described = describe_all(study.changes)
-        if described:
-            lines.append(f"  Changed since the last stored record{since}:")
-            for line in described:
-                lines.append(f"  • {line.text}" + (f' ("{line.quote}")' if line.quote else ""))
-        else:
-            lines.append(f"  No change since the last stored record{since}.")
-    return "\n".join(lines)
-
-
-# --- reading the log -------------------------------------------------------------------
 
 
 def _titles(store: Store, nct_ids: Sequence[str]) -> dict[str, str | None]:
@@ -372,12 +245,6 @@ def _titles(store: Store, nct_ids: Sequence[str]) -> dict[str, str | None]:
 
     with store.read() as session:
         return {n: row.brief_title for n, row in study_rows(session, nct_ids).items()}
-
-
-def _change_json(change: StoredChange, titles: dict[str, str | None]) -> dict[str, Any]:
-    from watcher.wording import describe
-
-    return {**change.as_json(), "title": titles.get(change.nct_id), "summary": describe(change).text}
 
 
 @cli.command()
@@ -399,22 +266,12 @@ def changes(app: App, since: str | None, watch_names: tuple[str, ...], nct_ids: 
         found = query_changes(session, since=moment, watches=list(watch_names) or None, nct_ids=ids or None)
     titles = _titles(app.store, sorted({c.nct_id for c in found}))
     if as_json:
-        _print_json([_change_json(c, titles) for c in found])
+        _print_json([present.change_json(c, titles) for c in found])
         return
     if not found:
         echo("No changes recorded" + (f" since {moment:%Y-%m-%d %H:%M} UTC" if moment else "") + ".")
         return
-    echo(format_changes(found, titles))
-
-
-def format_changes(found: Sequence[StoredChange], titles: dict[str, str | None]) -> str:
-    from watcher.wording import describe
-
-    lines = []
-    for c in found:
-        watches = f"  [{', '.join(c.watches)}]" if c.watches else ""
-        lines.append(f"#{c.id:<5} {c.detected_at:%Y-%m-%d %H:%M}  {c.nct_id}  {describe(c).text}{watches}")
-    return "\n".join(lines)
+    echo(present.format_changes(found, titles))
 
 
 @cli.command()
@@ -435,7 +292,7 @@ def show(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
         _print_json(
             [
                 {
-                    **_facts_json(records[n]),
+                    **present.facts_json(records[n]),
                     "watches": member_of.get(n, []),
                     "first_seen_at": iso(rows[n].first_seen_at),
                     "checked_at": iso(rows[n].checked_at),
@@ -451,7 +308,7 @@ def show(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
             if n in records:
                 note = f"  {'Watches':<12} {', '.join(member_of.get(n, [])) or 'none (checked by hand)'}"
                 note += f"\n  {'Stored':<12} fetched {rows[n].checked_at:%Y-%m-%d %H:%M} UTC"
-                blocks.append("\n".join(format_facts(records[n], note)))
+                blocks.append("\n".join(present.format_facts(records[n], note)))
         if blocks:
             echo("\n\n".join(blocks))
     if unknown:
@@ -474,7 +331,7 @@ def history(app: App, nct_id: str, as_json: bool) -> None:
         raise WatcherError(f"{nct}: not stored yet; run: watcher check {nct}")
     titles = {nct: row.brief_title if row else None}
     if as_json:
-        _print_json([_change_json(c, titles) for c in found])
+        _print_json([present.change_json(c, titles) for c in found])
         return
     from watcher.wording import describe
 
@@ -515,14 +372,14 @@ def digest_send(app: App, dry_run: bool, everyone: bool, retry_failed: bool) -> 
         return
     if retry_failed and not dry_run:
         count = requeue(store)
-        echo(f"{_plural(count, 'failed digest')} queued again.")
+        echo(f"{present.plural(count, 'failed digest')} queued again.")
     report = send_due(config, store, everyone=everyone, dry_run=dry_run)
     if not report.outcomes:
         echo("No digest is due.")
         return
     width = max(len(o.email) for o in report.outcomes)
     for o in report.outcomes:
-        changes = _plural(o.changes, "change")
+        changes = present.plural(o.changes, "change")
         if o.status == "would-send":
             echo(f"would send  {o.email.ljust(width)}  {o.subject} ({changes})")
         elif o.status == "sent":
@@ -590,7 +447,7 @@ def subscribers(app: App, as_json: bool) -> None:
         last = f"{s.last_delivered:%Y-%m-%d %H:%M} UTC" if s.last_delivered else "never"
         echo(f"{s.email}  ({s.frequency}) follows {', '.join(s.watches)}")
         kinds = f" · only {', '.join(s.kinds)}" if s.kinds else ""
-        echo(f"  last digest {last} · {_plural(s.pending_changes, 'change')} pending · {s.queued} queued{kinds}")
+        echo(f"  last digest {last} · {present.plural(s.pending_changes, 'change')} pending · {s.queued} queued{kinds}")
         for digest_id, error in s.failed:
             echo(f"  failed digest #{digest_id}: {error}")
 
@@ -601,29 +458,14 @@ def subscribers(app: App, as_json: bool) -> None:
 def test_email(app: App, email: str) -> None:
     """Send a sample digest with one change of every kind, to check mail settings and the look."""
     from watcher.config import check_email
-    from watcher.delivery import make_transport, unsubscribe_link
-    from watcher.digest import build, sample_changes
-    from watcher.mailer import build_message, new_message_id
-    from watcher.render import render
-    from watcher.store import utcnow
+    from watcher.delivery import send_sample
 
     try:
         check_email(email)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    config = app.config
-    changes, records = sample_changes()
-    now = utcnow()
-    sample = build(email, "daily", ["sample-watch"], changes, records, now.date(), unsubscribe_link(config))
-    assert sample is not None
-    rendered = render(sample)
-    message = build_message(
-        rendered, config.mail.from_, email, new_message_id(config.mail.from_), now, sample.unsubscribe
-    )
-    transport = make_transport(config)
-    with transport:
-        transport.send(message.as_bytes(), config.mail.from_, email, f"{now:%Y%m%dT%H%M%SZ}-sample-{email}")
-    echo(f"Sample digest sent to {email} via {transport.description}.")
+    via = send_sample(app.config, email)
+    echo(f"Sample digest sent to {email} via {via}.")
 
 
 # --- the daemon --------------------------------------------------------------------------
@@ -658,60 +500,10 @@ def daemon(app: App, log_level: str) -> None:
 @click.pass_obj
 def status(app: App, as_json: bool) -> None:
     """Recent syncs, the next scheduled runs, queued and failed digests, and the daemon."""
-    from sqlmodel import func, select
+    from watcher.scheduler import status_report
 
-    from watcher.models import DaemonState
-    from watcher.models import Digest as DigestRow
-    from watcher.scheduler import lock_holder
-    from watcher.store import iso, recent_runs
-
-    store = app.store
-    with store.read() as session:
-        runs = recent_runs(session, 5)
-        counts = dict(session.exec(select(DigestRow.status, func.count()).group_by(DigestRow.status)).all())
-        state = session.get(DaemonState, 1)
-    pid = lock_holder(store.path)
-    running = pid is not None
-    data = {
-        "database": str(store.path),
-        "daemon": {
-            "running": running,
-            "pid": pid if running else None,
-            "next_sync": iso(state.next_sync) if running and state else None,
-            "next_digests": iso(state.next_digest) if running and state else None,
-        },
-        "runs": [
-            {
-                "id": r.id, "kind": r.kind, "started_at": iso(r.started_at), "finished_at": iso(r.finished_at),
-                "outcome": r.outcome, "data_timestamp": r.data_timestamp, "requests": r.requests,
-                "bytes": r.bytes, "changes": r.changes, "error": r.error,
-            }
-            for r in runs
-        ],
-        "digests": {key: counts.get(key, 0) for key in ("pending", "failed", "sent")},
-    }  # fmt: skip
+    report = status_report(app.store)
     if as_json:
-        _print_json(data)
-        return
-    daemon_line = f"running (pid {pid})" if running else "not running"
-    echo(f"Daemon      {daemon_line}")
-    if running and state:
-        nxt = [
-            f"{what} {when:%Y-%m-%d %H:%M} UTC"
-            for what, when in (("sync", state.next_sync), ("digests", state.next_digest))
-            if when
-        ]
-        if nxt:
-            echo(f"Next        {' · '.join(nxt)}")
-    queued, failed, sent = (counts.get(k, 0) for k in ("pending", "failed", "sent"))
-    echo(f"Digests     {queued} queued · {failed} failed · {sent} sent")
-    if not runs:
-        echo("Runs        none yet: run `watcher sync`")
-    for r in runs:
-        when = f"{r.started_at:%Y-%m-%d %H:%M}"
-        if r.outcome == "failed":
-            detail = r.error or ""
-        else:
-            detail = f"registry data {_stamp(r.data_timestamp)} · {_plural(r.requests, 'request')}"
-            detail += f" · {_plural(r.changes, 'change')}"
-        echo(f"  {when}  {r.kind:<5}  {r.outcome:<9}  {detail}")
+        _print_json(report)
+    else:
+        echo(present.format_status(report))

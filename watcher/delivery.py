@@ -297,3 +297,20 @@ def subscriber_statuses(config: Config, store: st.Store) -> list[SubscriberStatu
                 )
             )
     return result
+
+
+def send_sample(config: Config, email: str, clock: Callable[[], datetime] = st.utcnow) -> str:
+    """Send a sample digest with one change of every kind (nothing stored); returns the route."""
+    from watcher.digest import sample_changes
+
+    changes, records = sample_changes()
+    now = clock()
+    sample = build(email, "daily", ["sample-watch"], changes, records, now.date(), unsubscribe_link(config))
+    assert sample is not None
+    message = build_message(
+        _render(sample), config.mail.from_, email, new_message_id(config.mail.from_), now, sample.unsubscribe
+    )
+    transport = make_transport(config)
+    with transport:
+        transport.send(message.as_bytes(), config.mail.from_, email, f"{now:%Y%m%dT%H%M%SZ}-sample-{email}")
+    return transport.description

@@ -80,6 +80,34 @@ def lock_holder(database: Path) -> int | None:
     return None
 
 
+def status_report(store: st.Store) -> dict[str, Any]:
+    """What `watcher status` shows: the daemon, its next runs, recent runs and the outbox."""
+    with store.read() as session:
+        runs = st.recent_runs(session, 5)
+        digests = st.digest_counts(session)
+        state = session.get(DaemonState, 1)
+    pid = lock_holder(store.path)
+    running = pid is not None and state is not None
+    return {
+        "database": str(store.path),
+        "daemon": {
+            "running": pid is not None,
+            "pid": pid,
+            "next_sync": st.iso(state.next_sync) if running and state else None,
+            "next_digests": st.iso(state.next_digest) if running and state else None,
+        },
+        "runs": [
+            {
+                "id": r.id, "kind": r.kind, "started_at": st.iso(r.started_at), "finished_at": st.iso(r.finished_at),
+                "outcome": r.outcome, "data_timestamp": r.data_timestamp, "requests": r.requests,
+                "bytes": r.bytes, "changes": r.changes, "error": r.error,
+            }
+            for r in runs
+        ],
+        "digests": digests,
+    }  # fmt: skip
+
+
 # --- the jobs ----------------------------------------------------------------------------
 
 

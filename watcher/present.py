@@ -1,0 +1,172 @@
+"""How results read: the terminal text and the `--json` objects of the one-off commands.
+
+Pure functions over the services' results; `watcher.cli` prints what they return.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from watcher.wording import describe, describe_all, facts
+
+if TYPE_CHECKING:
+    from watcher.store import StoredChange
+    from watcher.sync import CheckedStudy, SyncReport
+
+
+def size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.0f} KB"
+    return f"{n / 1024 / 1024:.1f} MB"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def stamp(value: str | None) -> str:
+    return value.replace("T", " ")[:16] if value else "unknown"
+
+
+def format_sync_report(report: SyncReport) -> str:
+    if report.outcome == "unchanged":
+        return (
+            f"Registry data unchanged since the last sync ({stamp(report.data_timestamp)}); "
+            f"nothing to do ({plural(report.requests, 'request')})."
+        )
+    lines = [
+        f"Registry data of {stamp(report.data_timestamp)}"
+        + (
+            " (new since the last sync)"
+            if report.previous_timestamp and report.previous_timestamp != report.data_timestamp
+            else ""
+        )
+    ]
+    width = max((len(w.name) for w in report.watches), default=0)
+    for w in report.watches:
+        parts = [plural(w.members, "trial")]
+        if w.baseline:
+            parts.append("baseline stored; changes are reported from the next sync")
+        else:
+            parts += [f"{w.updated:,} updated"] if w.updated else []
+            parts += [f"{w.new:,} new"] if w.new else []
+            parts += [f"{w.left:,} left the search"] if w.left else []
+        lines.append(f"{w.name.ljust(width)}  " + " · ".join(parts))
+        for nct_id in w.missing:
+            lines.append(f"{''.ljust(width)}  ! {nct_id} was not found in the registry")
+    traffic = f"{plural(report.requests, 'request')} ({size(report.bytes)})"
+    summary = f"{plural(report.changes, 'change')} recorded in {traffic} in {report.seconds:.1f} s."
+    if report.changes:
+        summary += "  See them: watcher changes --since today"
+    lines.append(summary)
+    return "\n".join(lines)
+
+
+def checked_json(study: CheckedStudy) -> dict[str, Any]:
+    return {
+        "nct_id": study.nct_id,
+        "requested": study.requested,
+        "facts": facts_json(study.record),
+        "first_check": study.first_check,
+        "changes": [
+            {"kind": c.kind, "field": c.field, "old": c.old, "new": c.new, "site": c.site} for c in study.changes
+        ],
+        "summary": [line.text for line in describe_all(study.changes)],
+        "watches": study.watches,
+    }
+
+
+def facts_json(record: dict[str, Any]) -> dict[str, Any]:
+    f = facts(record)
+    return {**asdict(f), "url": f.url}
+
+
+def format_facts(record: dict[str, Any], note: str | None = None) -> list[str]:
+    f = facts(record)
+    title = textwrap.wrap(f.title, 68) or [""]
+    lines = [f"{f.nct_id}  {title[0]}"] + [f"{'':13}{t}" for t in title[1:]]
+    status = f.status + (f" (last known: {f.last_known})" if f.last_known else "")
+    if f.why_stopped:
+        status += f' · "{f.why_stopped}"'
+    rows = [
+        ("Status", status),
+        ("Enrollment", f.enrollment),
+        ("Dates", f.dates),
+        ("Sites", f.sites),
+        ("Results", f.results),
+        ("Phase", f.phases),
+        ("Sponsor", f.sponsor),
+        ("Record", f"{f.url} · last updated {f.last_update or 'unknown'}"),
+    ]
+    lines += [f"  {k:<12} {v}" for k, v in rows]
+    if note:
+        lines.append(note)
+    return lines
+
+
+def format_checked(study: CheckedStudy) -> str:
+    lines = format_facts(study.record)
+    if study.requested != study.nct_id:
+        lines.append(f"  ({study.requested} is an old ID of {study.nct_id})")
+    lines.append("")
+    if study.first_check:
+        lines.append("  First check: this record is now stored; later checks and syncs report what changes.")
+    else:
+        since = f" ({study.previous_check:%Y-%m-%d})" if study.previous_check else ""
+        described = describe_all(study.changes)
+        if described:
+            lines.append(f"  Changed since the last stored record{since}:")
+            for line in described:
+                lines.append(f"  • {line.text}" + (f' ("{line.quote}")' if line.quote else ""))
+        else:
+            lines.append(f"  No change since the last stored record{since}.")
+    return "\n".join(lines)
+
+
+# --- reading the log -------------------------------------------------------------------
+
+
+def change_json(change: StoredChange, titles: dict[str, str | None]) -> dict[str, Any]:
+    return {**change.as_json(), "title": titles.get(change.nct_id), "summary": describe(change).text}
+
+
+def format_changes(found: Sequence[StoredChange], titles: dict[str, str | None]) -> str:
+    lines = []
+    for c in found:
+        watches = f"  [{', '.join(c.watches)}]" if c.watches else ""
+        lines.append(f"#{c.id:<5} {c.detected_at:%Y-%m-%d %H:%M}  {c.nct_id}  {describe(c).text}{watches}")
+    return "\n".join(lines)
+
+
+def _when(value: str | None) -> str:
+    return value.replace("T", " ")[:16] + " UTC" if value else ""
+
+
+def format_status(report: dict[str, Any]) -> str:
+    daemon = report["daemon"]
+    running = f"running (pid {daemon['pid']})" if daemon["running"] else "not running"
+    lines = [f"Daemon      {running}"]
+    upcoming = [
+        f"{what} {_when(daemon[key])}"
+        for what, key in (("sync", "next_sync"), ("digests", "next_digests"))
+        if daemon[key]
+    ]
+    if upcoming:
+        lines.append(f"Next        {' · '.join(upcoming)}")
+    digests = report["digests"]
+    lines.append(f"Digests     {digests['pending']} queued · {digests['failed']} failed · {digests['sent']} sent")
+    if not report["runs"]:
+        lines.append("Runs        none yet: run `watcher sync`")
+    for run in report["runs"]:
+        if run["outcome"] == "failed":
+            detail = run["error"] or ""
+        else:
+            detail = f"registry data {stamp(run['data_timestamp'])} · {plural(run['requests'], 'request')}"
+            detail += f" · {plural(run['changes'], 'change')}"
+        lines.append(f"  {run['started_at'].replace('T', ' ')[:16]}  {run['kind']:<5}  {run['outcome']:<9}  {detail}")
+    return "\n".join(lines)
