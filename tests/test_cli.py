@@ -198,3 +198,21 @@ def test_status_shows_runs_and_the_outbox(run: Runner, fake: FakeRegistry) -> No
     assert lines[3].endswith("sync   ok         registry data 2026-11-24 09:00 · 4 requests · 0 changes")
     data = json.loads(run("status", "--json").stdout)
     assert [r["outcome"] for r in data["runs"]] == ["failed", "ok"] and data["daemon"]["running"] is False
+
+
+def test_a_database_that_is_not_ours_is_one_line(config_file: Path, run: Runner) -> None:
+    db = config_file.parent / "watcher.db"
+    db.write_bytes(b"this is not a database, just text " * 100)
+    result = run("changes", code=1)
+    assert result.stderr == f"error: {db}: cannot open the database (file is not a database)\n"
+
+
+def test_a_database_from_a_newer_version_is_refused(config_file: Path, run: Runner) -> None:
+    import sqlite3
+
+    run("changes")
+    with sqlite3.connect(config_file.parent / "watcher.db") as conn:
+        assert conn.execute("pragma user_version").fetchone() == (1,)
+        conn.execute("pragma user_version = 99")
+    result = run("sync", code=1)
+    assert "this database was written by a newer trial watcher (schema 99, this one knows 1)" in result.stderr

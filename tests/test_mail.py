@@ -327,3 +327,20 @@ def test_digest_send_without_subscribers_says_so(run: Runner) -> None:
     assert (
         run("digest", "send").stdout == "No subscribers in watcher.toml: add [[subscriber]] tables to send digests.\n"
     )
+
+
+def test_implicit_tls(tmp_path: Path, fake: FakeRegistry) -> None:
+    import ssl
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    smtp = SmtpServer(tls=server_ctx, implicit_tls=True).start()
+    try:
+        run = configure(tmp_path, fake, smtp.port, security="ssl", extra='ca_file = "ca.pem"\n')
+        change_both(run, fake)
+        run("digest", "send")
+    finally:
+        smtp.stop()
+    assert sorted(r.recipients[0] for r in smtp.received) == [ALICE, BOB]

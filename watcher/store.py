@@ -31,6 +31,8 @@ from watcher.errors import StoreError
 from watcher.timing import current_slot
 
 BUSY_TIMEOUT_S = 120
+# PRAGMA user_version: bump with a migration whenever a table changes shape
+SCHEMA_VERSION = 1
 
 
 def utcnow() -> datetime:
@@ -53,8 +55,20 @@ class Store:
             raise StoreError(f"{path}: the folder for the database does not exist")
         self.engine = _engine(path)
         try:
+            with self.engine.connect() as conn:
+                version = conn.exec_driver_sql("PRAGMA user_version").scalar() or 0
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{path}: this database was written by a newer trial watcher (schema {version}, "
+                        f"this one knows {SCHEMA_VERSION}); upgrade trial watcher to use it"
+                    )
             SQLModel.metadata.create_all(self.engine)
-        except sa_exc.OperationalError as exc:
+            if version == 0:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    conn.commit()
+        except sa_exc.DatabaseError as exc:
+            self.engine.dispose()
             raise StoreError(f"{path}: cannot open the database ({exc.orig})") from None
 
     def close(self) -> None:

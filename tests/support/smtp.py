@@ -94,9 +94,6 @@ class SmtpServer:
         if self.users is not None:
             kwargs.update(authenticator=self._auth, auth_require_tls=self.tls is not None)
         self.controller = Controller(self.recorder, hostname="127.0.0.1", port=self.port, **kwargs)
-        if self.implicit_tls:
-            # the controller's readiness probe would speak plain text to a TLS port
-            self.controller._trigger_server = lambda: None  # type: ignore[method-assign]
         self.controller.start()
         return self
 
