@@ -12,14 +12,15 @@ import fcntl
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from watcher import models
@@ -97,14 +98,43 @@ def sending_lock(database: Path) -> Iterator[None]:
 # --- who is due, and with what ------------------------------------------------------------
 
 
-def pending_changes(session: Session, subscriber: Subscriber, since: datetime) -> list[st.StoredChange]:
-    return st.query_changes(session, since=since, watches=list(subscriber.watches), not_sent_to=subscriber.email)
+def pending_changes(
+    session: Session, subscribers: Sequence[tuple[Subscriber, datetime]]
+) -> dict[str, list[st.StoredChange]]:
+    """The changes each subscriber (with the moment they joined) has not had in a digest yet.
+
+    One query for everyone: 1,000 subscribers of one watch cost what one does.
+    """
+    if not subscribers:
+        return {}
+    covered = st.last_covered(session, [sub.email for sub, _ in subscribers])
+    floor = min(covered.get(sub.email.lower(), 0) for sub, _ in subscribers)
+    found = st.query_changes(
+        session,
+        since=min(since for _, since in subscribers),
+        watches=sorted({w for sub, _ in subscribers for w in sub.watches}),
+        after_id=floor,
+    )
+    pending: dict[str, list[st.StoredChange]] = {}
+    for sub, since in subscribers:
+        mine, after = set(sub.watches), covered.get(sub.email.lower(), 0)
+        pending[sub.email.lower()] = [
+            c for c in found if c.id > after and c.detected_at >= since and mine.intersection(c.watches)
+        ]
+    return pending
 
 
 def compose(
-    session: Session, config: Config, subscriber: Subscriber, changes: list[st.StoredChange], now: datetime
+    session: Session,
+    config: Config,
+    subscriber: Subscriber,
+    changes: list[st.StoredChange],
+    now: datetime,
+    records: dict[str, dict[str, Any]] | None = None,
 ) -> Digest | None:
-    records = st.load_records(session, {c.nct_id for c in changes})
+    """The digest of these changes for a subscriber. `records` caches study records across calls."""
+    records = {} if records is None else records
+    records.update(st.load_records(session, {c.nct_id for c in changes} - set(records)))
     local_day = now.astimezone(_zone(config)).date()
     return build(
         subscriber.email, subscriber.frequency, subscriber.watches, changes, records, local_day,
@@ -121,13 +151,18 @@ def queue_due(
 ) -> list[Outcome]:
     """Build and persist the digests that are due now. Returns what was queued (or would be)."""
     queued: list[Outcome] = []
+    records: dict[str, dict[str, Any]] = {}  # the same trials recur across subscribers
     with store.write() as session:
         states = st.ensure_subscriber_states(session, config, now)
-        for sub in config.subscribers:
+        due = [
+            sub
+            for sub in config.subscribers
+            if everyone or is_due(now, sub.frequency, config.schedule, states[sub.email.lower()].last_slot)
+        ]
+        pending = pending_changes(session, [(sub, states[sub.email.lower()].since) for sub in due])
+        for sub in due:
             state = states[sub.email.lower()]
-            if not everyone and not is_due(now, sub.frequency, config.schedule, state.last_slot):
-                continue
-            digest = compose(session, config, sub, pending_changes(session, sub, state.since), now)
+            digest = compose(session, config, sub, pending[sub.email.lower()], now, records)
             if not dry_run:
                 state.last_slot = current_slot(now, sub.frequency, config.schedule) or state.last_slot
                 session.add(state)
@@ -136,8 +171,8 @@ def queue_due(
             if dry_run:
                 queued.append(Outcome(sub.email, "would-send", digest.subject, len(digest.change_ids)))
                 continue
-            row = persist(session, config, digest, _render(digest), now)
-            queued.append(Outcome(sub.email, "pending", digest.subject, len(digest.change_ids), digest_id=row.id))
+            digest_id = persist(session, config, digest, _render(digest), now)
+            queued.append(Outcome(sub.email, "pending", digest.subject, len(digest.change_ids), digest_id=digest_id))
         if dry_run:
             session.rollback()
     return queued
@@ -149,19 +184,25 @@ def _render(digest: Digest) -> Rendered:
     return render(digest)
 
 
-def persist(session: Session, config: Config, digest: Digest, rendered: Rendered, now: datetime) -> models.Digest:
+def persist(session: Session, config: Config, digest: Digest, rendered: Rendered, now: datetime) -> int:
+    """Store a digest, with its exact message, before any send; returns its id."""
     message_id = new_message_id(config.mail.from_)
     message = build_message(rendered, config.mail.from_, digest.email, message_id, now, digest.unsubscribe)
-    row = models.Digest(
-        email=digest.email.lower(), message_id=message_id, subject=rendered.subject, message=message.as_bytes(),
-        changes=len(digest.change_ids), created_at=now,
-    )  # fmt: skip
-    session.add(row)
-    session.flush()
-    assert row.id is not None
-    for change_id in digest.change_ids:
-        session.add(models.DigestChange(digest_id=row.id, change_id=change_id))
-    return row
+    digests = models.Digest.__table__  # Core: a thousand digests in one run stay cheap
+    digest_id: int = session.execute(
+        insert(digests).returning(digests.c.id),  # type: ignore[arg-type]
+        {
+            "email": digest.email.lower(), "message_id": message_id, "subject": rendered.subject,
+            "message": message.as_bytes(), "changes": len(digest.change_ids), "status": "pending",
+            "attempts": 0, "created_at": now,
+        },
+    ).scalar_one()  # fmt: skip
+    if digest.change_ids:
+        session.execute(
+            insert(models.DigestChange.__table__),  # type: ignore[arg-type]
+            [{"digest_id": digest_id, "change_id": change_id} for change_id in digest.change_ids],
+        )
+    return digest_id
 
 
 # --- sending ---------------------------------------------------------------------------------
@@ -256,7 +297,8 @@ def preview(config: Config, store: st.Store, email: str, now: datetime) -> tuple
     with store.read() as session:
         state = session.get(models.SubscriberState, subscriber.email.lower())
         since = state.since if state else now
-        digest = compose(session, config, subscriber, pending_changes(session, subscriber, since), now)
+        pending = pending_changes(session, [(subscriber, since)])[subscriber.email.lower()]
+        digest = compose(session, config, subscriber, pending, now)
     return None if digest is None else (digest, _render(digest))
 
 
@@ -277,12 +319,14 @@ def subscriber_statuses(config: Config, store: st.Store) -> list[SubscriberStatu
     result = []
     with store.read() as session:
         states = {s.email: s for s in session.exec(select(models.SubscriberState)).all()}
+        known = [(sub, states[sub.email.lower()].since) for sub in config.subscribers if sub.email.lower() in states]
+        pending_by_email = pending_changes(session, known)
         for sub in config.subscribers:
             key = sub.email.lower()
             state = states.get(key)
             digests = session.exec(select(models.Digest).where(models.Digest.email == key)).all()
             sent = [d.sent_at for d in digests if d.status == "sent" and d.sent_at]
-            pending = pending_changes(session, sub, state.since) if state else []
+            pending = pending_by_email.get(key, [])
             result.append(
                 SubscriberStatus(
                     email=sub.email,

@@ -8,6 +8,7 @@ news.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ class Change:
     site: dict[str, Any] | None = field(default=None, compare=False)
 
 
-def get_path(record: Record, keys: tuple[str, ...] | list[str]) -> Any:
+def get_path(record: Mapping[str, Any], keys: tuple[str, ...] | list[str]) -> Any:
     """The value at `keys` in a nested record, or None where any part is missing."""
     node: Any = record
     for key in keys:

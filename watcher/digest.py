@@ -8,7 +8,7 @@ from datetime import date
 from typing import Any
 
 from watcher.fields import LOCATIONS_PATH, category_of
-from watcher.wording import ChangeLike, Line, describe_all, facts, history_url, study_url
+from watcher.wording import ChangeLike, Line, describe_all, facts, history_url, status_of, study_url, title_of
 
 
 @dataclass(frozen=True)
@@ -115,15 +115,14 @@ def build(
     trials: list[TrialUpdate] = []
     for nct_id, items in by_trial.items():
         record = records.get(nct_id) or {}
-        f = facts(dict(record)) if record else None
         lines = describe_all(items)
         if not lines:
             continue
         trials.append(
             TrialUpdate(
                 nct_id=nct_id,
-                title=f.title if f else nct_id,
-                status=f.status if f else "",
+                title=title_of(record) if record else nct_id,
+                status=status_of(record) if record else "",
                 url=study_url(nct_id),
                 history_url=history_url(nct_id),
                 lines=tuple(lines),

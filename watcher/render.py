@@ -3,6 +3,7 @@ the HTML template is autoescaped."""
 
 from __future__ import annotations
 
+import textwrap
 from functools import cache
 from pathlib import Path
 
@@ -19,9 +20,16 @@ def templates_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "templates"
 
 
+def wrap(text: str, width: int = 76, indent: str = "  ") -> str:
+    """Jinja's wordwrap, but a line that already fits (most of them) costs nothing."""
+    if len(text) <= width and "\n" not in text:
+        return text
+    return textwrap.fill(text, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
+
+
 @cache
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir()),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=False),
         trim_blocks=True,
@@ -29,6 +37,8 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.filters["wrap"] = wrap
+    return env
 
 
 def render(digest: Digest) -> Rendered:

@@ -340,20 +340,15 @@ def query_changes(
     since: datetime | None = None,
     watches: Sequence[str] | None = None,
     nct_ids: Sequence[str] | None = None,
-    not_sent_to: str | None = None,
+    after_id: int | None = None,
 ) -> list[StoredChange]:
     query = select(models.Change).order_by(col(models.Change.id))
     if since is not None:
         query = query.where(models.Change.detected_at >= since)
     if nct_ids:
         query = query.where(col(models.Change.nct_id).in_(list(nct_ids)))
-    if not_sent_to is not None:
-        covered = (
-            select(models.DigestChange.change_id)
-            .join(models.Digest, col(models.Digest.id) == col(models.DigestChange.digest_id))
-            .where(models.Digest.email == not_sent_to.lower())
-        )
-        query = query.where(col(models.Change.id).not_in(covered))
+    if after_id is not None:
+        query = query.where(col(models.Change.id) > after_id)
     if watches:
         query = query.where(
             col(models.Change.id).in_(
@@ -434,6 +429,21 @@ def consecutive_failures(session: Session) -> int:
             break
         count += 1
     return count
+
+
+def last_covered(session: Session, emails: Iterable[str]) -> dict[str, int]:
+    """Per subscriber (lower-cased email), the newest change id a digest of theirs covers.
+
+    Change ids only grow and a digest covers every pending change when it is built, so the
+    changes still pending for a subscriber are exactly those after this id.
+    """
+    query = (
+        select(models.Digest.email, func.max(models.DigestChange.change_id))
+        .join(models.DigestChange, col(models.DigestChange.digest_id) == col(models.Digest.id))
+        .where(col(models.Digest.email).in_([e.lower() for e in emails]))
+        .group_by(models.Digest.email)
+    )
+    return dict(session.exec(query).all())
 
 
 def digest_counts(session: Session) -> dict[str, int]:

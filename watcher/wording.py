@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -251,11 +251,20 @@ def history_url(nct_id: str) -> str:
     return f"{study_url(nct_id)}?tab=history"
 
 
+def title_of(record: Mapping[str, Any]) -> str:
+    """A study's brief title on one line (registry text may hold CR/LF and runs of spaces)."""
+    title = get_path(record, ("protocolSection", "identificationModule", "briefTitle"))
+    return " ".join(str(title or "").split()) or "(no title)"
+
+
+def status_of(record: Mapping[str, Any]) -> str:
+    return status_label(get_path(record, ("protocolSection", "statusModule", "overallStatus")))
+
+
 def facts(record: dict[str, Any]) -> Facts:
     """The key facts of a study record, in words."""
     status_module = get_path(record, ("protocolSection", "statusModule")) or {}
     nct_id = get_path(record, ("protocolSection", "identificationModule", "nctId")) or "?"
-    title = " ".join(str(get_path(record, ("protocolSection", "identificationModule", "briefTitle")) or "").split())
     overall = status_module.get("overallStatus")
     last_known = status_module.get("lastKnownStatus")
     enrollment = get_path(record, ("protocolSection", "designModule", "enrollmentInfo")) or {}
@@ -294,7 +303,7 @@ def facts(record: dict[str, Any]) -> Facts:
         results = "not posted"
     return Facts(
         nct_id=nct_id,
-        title=title or "(no title)",
+        title=title_of(record),
         status=status_label(overall),
         last_known=status_label(last_known) if last_known and overall == "UNKNOWN" else None,
         why_stopped=status_module.get("whyStopped"),
