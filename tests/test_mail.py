@@ -344,3 +344,11 @@ def test_implicit_tls(tmp_path: Path, fake: FakeRegistry) -> None:
     finally:
         smtp.stop()
     assert sorted(r.recipients[0] for r in smtp.received) == [ALICE, BOB]
+
+
+def test_messages_use_crlf_line_ends_only(tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
+    run = configure(tmp_path, fake, smtp.port)
+    change_both(run, fake)
+    run("digest", "send")
+    raw = smtp.received[0].data
+    assert b"\r\n" in raw and raw.replace(b"\r\n", b"").count(b"\n") == 0  # strict servers refuse bare LF

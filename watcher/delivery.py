@@ -193,7 +193,7 @@ def persist(session: Session, config: Config, digest: Digest, rendered: Rendered
         insert(digests).returning(digests.c.id),  # type: ignore[arg-type]
         {
             "email": digest.email.lower(), "message_id": message_id, "subject": rendered.subject,
-            "message": message.as_bytes(), "changes": len(digest.change_ids), "status": "pending",
+            "message": message, "changes": len(digest.change_ids), "status": "pending",
             "attempts": 0, "created_at": now,
         },
     ).scalar_one()  # fmt: skip
@@ -356,5 +356,5 @@ def send_sample(config: Config, email: str, clock: Callable[[], datetime] = st.u
     )
     transport = make_transport(config)
     with transport:
-        transport.send(message.as_bytes(), config.mail.from_, email, f"{now:%Y%m%dT%H%M%SZ}-sample-{email}")
+        transport.send(message, config.mail.from_, email, f"{now:%Y%m%dT%H%M%SZ}-sample-{email}")
     return transport.description

@@ -15,14 +15,27 @@ import tempfile
 import uuid
 from datetime import datetime
 from email import policy
-from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
+from email.charset import BASE64, Charset
+from email.header import Header
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
 from types import TracebackType
 
 from watcher.config import SmtpSettings
 from watcher.digest import Rendered
 from watcher.errors import DeliveryError
+
+_CRLF = policy.compat32.clone(linesep="\r\n")
+
+
+_UTF8_B = Charset("utf-8")
+_UTF8_B.header_encoding = BASE64  # one encoding, not the costly shortest-of-two search
+
+
+def _header_text(text: str) -> str | Header:
+    return text if text.isascii() else Header(text, _UTF8_B)
 
 
 class Deferred(DeliveryError):
@@ -51,23 +64,32 @@ def default_unsubscribe(sender: str) -> str:
     return f"mailto:{address_of(sender)}?subject=unsubscribe"
 
 
-def build_message(
-    rendered: Rendered, sender: str, to: str, message_id: str, date: datetime, unsubscribe: str
-) -> EmailMessage:
-    message = EmailMessage(policy=policy.SMTP)
-    message["From"] = one_line(sender)
-    message["To"] = one_line(to)
-    message["Subject"] = one_line(rendered.subject)
-    message["Date"] = format_datetime(date)
-    message["Message-ID"] = message_id
-    message["List-Unsubscribe"] = f"<{one_line(unsubscribe)}>"
+def build_message(rendered: Rendered, sender: str, to: str, message_id: str, date: datetime, unsubscribe: str) -> bytes:
+    """The digest as an RFC 5322 message (multipart/alternative: text, then HTML), CRLF line ends.
+
+    Built with the stdlib's `email.mime` classes, which are twice as fast as `EmailMessage` for
+    this (it matters at a thousand digests a run). Those do not refuse CR/LF in a header, so
+    every header value is put on one line here, and checked.
+    """
+    message = MIMEMultipart("alternative")
+    headers: list[tuple[str, str | Header]] = [
+        ("From", formataddr(parseaddr(one_line(sender)), "utf-8")),
+        ("To", one_line(to)),
+        ("Subject", _header_text(one_line(rendered.subject))),
+        ("Date", format_datetime(date)),
+        ("Message-ID", one_line(message_id)),
+        ("List-Unsubscribe", f"<{one_line(unsubscribe)}>"),
+        ("Auto-Submitted", "auto-generated"),
+    ]
     if unsubscribe.startswith("https://"):
-        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    message["Auto-Submitted"] = "auto-generated"
-    message.set_content(rendered.text, cte="quoted-printable")
-    # base64 for the HTML: Python's quoted-printable encoder is slow on long inline-styled lines
-    message.add_alternative(rendered.html, subtype="html", cte="base64")
-    return message
+        headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    for name, value in headers:
+        if isinstance(value, str) and ("\r" in value or "\n" in value):
+            raise ValueError(f"{name} header would span lines")
+        message[name] = value
+    message.attach(MIMEText(rendered.text, "plain", "utf-8"))
+    message.attach(MIMEText(rendered.html, "html", "utf-8"))
+    return message.as_bytes(policy=_CRLF)
 
 
 class OutboxTransport:

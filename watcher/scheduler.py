@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
@@ -200,7 +201,7 @@ class Worker:
         try:
             with make_transport(self.config) as transport:
                 name = f"{self.clock():%Y%m%dT%H%M%SZ}-{message_id[8:16]}-operator"
-                transport.send(message.as_bytes(), self.config.mail.from_, operator, name)
+                transport.send(message.as_bytes(policy=policy.SMTP), self.config.mail.from_, operator, name)
         except WatcherError as exc:
             log.error("could not tell the operator %s: %s", operator, exc)
 
