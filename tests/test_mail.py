@@ -11,22 +11,13 @@ from typing import Any
 import pytest
 import trustme
 
+from tests.conftest import WATCHES as MG_WATCH
 from tests.conftest import Runner, mail_config, write_config
 from tests.support.fakeapi import FakeRegistry
 from tests.support.smtp import SmtpServer
 from tests.support.world import TARGET
 
-WATCHES = """
-[[watch]]
-name = "mg-azathioprine"
-nct_ids = ["NCT01727193"]
-condition = "myasthenia gravis"
-intervention = "azathioprine"
-
-[[watch]]
-name = "lymphoma"
-nct_ids = ["NCT03934567"]
-"""
+WATCHES = f'{MG_WATCH}\n[[watch]]\nname = "lymphoma"\nnct_ids = ["NCT03934567"]\n'
 ALICE, BOB = "alice@example.org", "bob@example.org"
 SUBSCRIBERS = f"""
 [[subscriber]]

@@ -450,7 +450,3 @@ def digest_counts(session: Session) -> dict[str, int]:
     """Digests by status: pending, failed, sent."""
     counts = dict(session.exec(select(models.Digest.status, func.count()).group_by(models.Digest.status)).all())
     return {status: counts.get(status, 0) for status in ("pending", "failed", "sent")}
-
-
-def count_rows(session: Session, table: type[SQLModel]) -> int:
-    return session.exec(select(func.count()).select_from(table)).one()

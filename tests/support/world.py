@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from functools import cache
 from pathlib import Path
@@ -62,7 +61,3 @@ def mg_world() -> dict[str, Record]:
     """The target trial, three related MG/azathioprine trials, and three unrelated real trials."""
     records = [record(TARGET), *related_mg(), record("NCT00184067"), record("NCT03934567"), record("NCT05147467")]
     return {r["protocolSection"]["identificationModule"]["nctId"]: r for r in records}
-
-
-def clone(r: Record) -> Record:
-    return copy.deepcopy(r)
