@@ -82,8 +82,9 @@ class WatcherGroup(click.Group):
                 ctx.obj.close()
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, force: bool = False) -> None:
     logging.basicConfig(
+        force=force,
         stream=sys.stderr,
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -483,12 +484,8 @@ def daemon(app: App, log_level: str) -> None:
     Stops cleanly on SIGTERM or Ctrl-C. Only one daemon runs per database; the one-off
     commands stay usable meanwhile.
     """
-    logging.basicConfig(
-        stream=sys.stderr, level=getattr(logging, log_level.upper()), force=True,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z",
-    )  # fmt: skip
+    setup_logging(log_level, force=True)
     if log_level.lower() != "debug":
-        logging.getLogger("urllib3").setLevel(logging.ERROR)
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
     from watcher.scheduler import run_daemon
 

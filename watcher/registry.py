@@ -185,9 +185,9 @@ class Registry:
             for page in self.pages({"filter.ids": ",".join(batch), "fields": ID_LISTING_FIELDS}):
                 yield from (_listed(s) for s in page)
 
-    def fetch(self, nct_ids: Iterable[str], batch_size: int = IDS_PER_REQUEST) -> Iterator[list[dict[str, Any]]]:
+    def fetch(self, nct_ids: Iterable[str]) -> Iterator[list[dict[str, Any]]]:
         """Full records of the given studies, one page at a time (not all held in memory)."""
-        for batch in _batches(sorted(set(nct_ids)), batch_size):
+        for batch in _batches(sorted(set(nct_ids)), IDS_PER_REQUEST):
             yield from self.pages({"filter.ids": ",".join(batch)})
 
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, insert
 from sqlalchemy import exc as sa_exc
@@ -31,8 +31,16 @@ from watcher.errors import StoreError
 from watcher.timing import current_slot
 
 BUSY_TIMEOUT_S = 120
+T = TypeVar("T")
 # PRAGMA user_version: bump with a migration whenever a table changes shape
 SCHEMA_VERSION = 1
+
+
+def chunks(items: Iterable[T], size: int = 500) -> Iterator[list[T]]:
+    """Lists of at most `size` items: SQLite caps the parameters of one statement."""
+    batch = list(items)
+    for start in range(0, len(batch), size):
+        yield batch[start : start + size]
 
 
 def utcnow() -> datetime:
@@ -122,27 +130,23 @@ def _engine(path: Path) -> Engine:
 
 
 def load_records(session: Session, nct_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    ids = list(nct_ids)
     records: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(ids), 500):
+    for batch in chunks(nct_ids):
         rows = session.exec(
             select(models.Study.nct_id, models.Snapshot.record)
             .join(models.Snapshot, col(models.Snapshot.id) == col(models.Study.snapshot_id))
-            .where(col(models.Study.nct_id).in_(ids[start : start + 500]))
+            .where(col(models.Study.nct_id).in_(batch))
         )
         for nct_id, blob in rows:
             records[nct_id] = json.loads(zlib.decompress(blob))
     return records
 
 
-def stored_last_updates(session: Session, nct_ids: Iterable[str] | None = None) -> dict[str, str | None]:
+def stored_last_updates(session: Session, nct_ids: Iterable[str]) -> dict[str, str | None]:
     query = select(models.Study.nct_id, models.Study.last_update)
-    if nct_ids is None:
-        return dict(session.exec(query).all())
-    ids = list(nct_ids)
     result: dict[str, str | None] = {}
-    for start in range(0, len(ids), 500):
-        result.update(session.exec(query.where(col(models.Study.nct_id).in_(ids[start : start + 500]))).all())
+    for batch in chunks(nct_ids):
+        result.update(session.exec(query.where(col(models.Study.nct_id).in_(batch))).all())
     return result
 
 
@@ -169,11 +173,9 @@ def save_records(
     ids = sorted({key[0] for key in prepared})
     snapshots = models.Snapshot.__table__  # Core, not the ORM: no per-row objects on a big sync
     known: dict[tuple[str, str], int] = {}
-    for start in range(0, len(ids), 500):
+    for batch in chunks(ids):
         rows = session.execute(
-            select(snapshots.c.nct_id, snapshots.c.content_hash, snapshots.c.id).where(
-                snapshots.c.nct_id.in_(ids[start : start + 500])
-            )
+            select(snapshots.c.nct_id, snapshots.c.content_hash, snapshots.c.id).where(snapshots.c.nct_id.in_(batch))
         )
         known.update({(n, h): i for n, h, i in rows})
     fresh = [
@@ -249,12 +251,11 @@ def memberships(session: Session, watch: str) -> dict[str, models.Membership]:
 
 
 def watches_of(session: Session, nct_ids: Iterable[str]) -> dict[str, list[str]]:
-    ids = list(nct_ids)
     result: dict[str, list[str]] = {}
-    for start in range(0, len(ids), 500):
+    for batch in chunks(nct_ids):
         rows = session.exec(
             select(models.Membership.nct_id, models.Membership.watch)
-            .where(col(models.Membership.nct_id).in_(ids[start : start + 500]))
+            .where(col(models.Membership.nct_id).in_(batch))
             .order_by(col(models.Membership.watch))
         )
         for nct_id, watch in rows:
@@ -266,11 +267,9 @@ def replace_memberships(session: Session, watch: str, members: dict[str, tuple[b
     """Make the watch's members exactly `members` (nct_id → (by_id, by_search))."""
     current = memberships(session, watch)
     gone = [nct_id for nct_id in current if nct_id not in members]
-    for start in range(0, len(gone), 500):
+    for batch in chunks(gone):
         session.exec(  # type: ignore[call-overload]
-            delete(models.Membership).where(
-                models.Membership.watch == watch, col(models.Membership.nct_id).in_(gone[start : start + 500])
-            )
+            delete(models.Membership).where(models.Membership.watch == watch, col(models.Membership.nct_id).in_(batch))
         )
     for nct_id, (by_id, by_search) in members.items():
         row = current.get(nct_id)
@@ -357,11 +356,10 @@ def query_changes(
         )
     rows = session.exec(query).all()
     links: dict[int, list[str]] = {}
-    row_ids = [r.id for r in rows]
-    for start in range(0, len(row_ids), 500):
+    for batch in chunks(r.id for r in rows):
         for change_id, watch in session.exec(
             select(models.ChangeWatch.change_id, models.ChangeWatch.watch)
-            .where(col(models.ChangeWatch.change_id).in_(row_ids[start : start + 500]))
+            .where(col(models.ChangeWatch.change_id).in_(batch))
             .order_by(col(models.ChangeWatch.watch))
         ):
             links.setdefault(change_id, []).append(watch)
