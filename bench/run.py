@@ -165,10 +165,11 @@ def digest_cycle(subscribers: int, per_digest: int) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
     from bench.world import build_world, plant_day
     from tests.support.fakeapi import FakeRegistry
+    from watcher.clock import utcnow
     from watcher.config import load_config
-    from watcher.delivery import queue_due
+    from watcher.delivery import enroll_subscribers, queue_due
     from watcher.registry import Registry
-    from watcher.store import Store, utcnow
+    from watcher.store import Store
     from watcher.sync import run_sync
 
     studies = 60
@@ -184,6 +185,7 @@ def digest_cycle(subscribers: int, per_digest: int) -> dict[str, float]:
         )
         config = load_config(folder / "watcher.toml")
         store = Store(config.database_path)
+        enroll_subscribers(config, store, utcnow())
         run_sync(config, store, Registry(config.ctgov))
         # every 4 edited studies plant 5 changes (status, site, enrollment, results x2)
         planted = plant_day(fake, per_digest * 4 / 5 / studies, 0, seed=1)["planted"]

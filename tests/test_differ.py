@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from tests.support.world import record
-from watcher.differ import Change, diff
+from watcher.changes import Change
+from watcher.differ import diff
 from watcher.fields import LOCATIONS_PATH
 
 S = "protocolSection.statusModule"
@@ -98,7 +99,7 @@ def test_site_added_removed_and_status_changed() -> None:
     added = {"facility": "Huashan Hospital", "status": "RECRUITING", "city": "Shanghai", "country": "China"}
     sites.append(added)
     changes = diff(old, new)
-    kinds = [(c.kind, c.field) for c in changes]
+    kinds = [(c.kind, c.path) for c in changes]
     assert kinds == [
         ("changed", f"{LOCATIONS_PATH}.status"),
         ("added", LOCATIONS_PATH),
@@ -132,7 +133,7 @@ def test_title_phase_and_sponsor_changes() -> None:
     new["protocolSection"]["identificationModule"]["briefTitle"] = "Leflunomide or Azathioprine in MG"
     new["protocolSection"]["designModule"]["phases"] = ["PHASE2", "PHASE3"]
     new["protocolSection"]["sponsorCollaboratorsModule"]["leadSponsor"]["name"] = "SYSU"
-    assert [c.field for c in diff(old, new)] == [
+    assert [c.path for c in diff(old, new)] == [
         "protocolSection.identificationModule.briefTitle",
         "protocolSection.designModule.phases",
         "protocolSection.sponsorCollaboratorsModule.leadSponsor.name",
@@ -143,6 +144,6 @@ def test_missing_modules_do_not_crash_and_read_as_none() -> None:
     old = record("NCT01727193")
     new = {"protocolSection": {"identificationModule": {"nctId": "NCT01727193"}}}
     changes = diff(old, new)
-    status = next(c for c in changes if c.field == f"{S}.overallStatus")
+    status = next(c for c in changes if c.path == f"{S}.overallStatus")
     assert (status.old, status.new) == ("UNKNOWN", None)
     assert sum(1 for c in changes if c.kind == "removed") == 1

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from tests.support.world import TARGET, new_mg_study, record, related_mg
+from watcher.changes import Change, ChangeKind, LoggedChange
 from watcher.differ import diff
-from watcher.digest import PendingChange, build, merge
+from watcher.digest import build, merge
 from watcher.render import render
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -24,7 +25,14 @@ def edited(base: dict[str, Any], change: Any) -> dict[str, Any]:
     return new
 
 
-def realistic() -> tuple[list[PendingChange], dict[str, dict[str, Any]]]:
+NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+
+
+def logged(i: int, change: Change) -> LoggedChange:
+    return LoggedChange(**vars(change), id=i, detected_at=NOW, watches=("mg-azathioprine",))
+
+
+def realistic() -> tuple[list[LoggedChange], dict[str, dict[str, Any]]]:
     """Changes the differ finds between real fixture records and edited copies of them."""
     target = record(TARGET)
     ocular, generalized, withdrawal = related_mg()
@@ -46,9 +54,9 @@ def realistic() -> tuple[list[PendingChange], dict[str, dict[str, Any]]]:
     pairs = [(target, edited(target, completed)), (ocular, edited(ocular, new_site)),
              (withdrawal, edited(withdrawal, results))]  # fmt: skip
     found = [c for old, new in pairs for c in diff(old, new)]
-    pending = [PendingChange(i + 1, c.nct_id, c.kind, c.field, c.old, c.new, c.site) for i, c in enumerate(found)]
+    pending = [logged(i, c) for i, c in enumerate(found, 1)]
     newcomer = new_mg_study()
-    pending.append(PendingChange(len(pending) + 1, "NCT90000004", "new_study", None, None, None))
+    pending.append(logged(len(pending) + 1, Change("NCT90000004", ChangeKind.NEW_STUDY)))
     records = {r["protocolSection"]["identificationModule"]["nctId"]: r for _, r in pairs}
     records["NCT90000004"] = newcomer
     del generalized
@@ -96,8 +104,8 @@ def test_order_and_subject() -> None:
 def test_nothing_to_tell_is_no_digest() -> None:
     assert build("a@example.org", "daily", ["w"], [], {}, date(2026, 11, 25), "mailto:x@example.org") is None
     back_and_forth = [
-        PendingChange(1, TARGET, "changed", f"{S}.overallStatus", "UNKNOWN", "COMPLETED"),
-        PendingChange(2, TARGET, "changed", f"{S}.overallStatus", "COMPLETED", "UNKNOWN"),
+        logged(1, Change(TARGET, ChangeKind.CHANGED, f"{S}.overallStatus", "UNKNOWN", "COMPLETED")),
+        logged(2, Change(TARGET, ChangeKind.CHANGED, f"{S}.overallStatus", "COMPLETED", "UNKNOWN")),
     ]
     assert merge(back_and_forth) == []
     assert build("a@example.org", "daily", ["w"], back_and_forth, {}, date(2026, 11, 25), "mailto:x") is None
@@ -105,8 +113,8 @@ def test_nothing_to_tell_is_no_digest() -> None:
 
 def test_successive_changes_read_as_one() -> None:
     steps = [
-        PendingChange(1, TARGET, "changed", f"{S}.overallStatus", "RECRUITING", "ACTIVE_NOT_RECRUITING"),
-        PendingChange(2, TARGET, "changed", f"{S}.overallStatus", "ACTIVE_NOT_RECRUITING", "COMPLETED"),
+        logged(1, Change(TARGET, ChangeKind.CHANGED, f"{S}.overallStatus", "RECRUITING", "ACTIVE_NOT_RECRUITING")),
+        logged(2, Change(TARGET, ChangeKind.CHANGED, f"{S}.overallStatus", "ACTIVE_NOT_RECRUITING", "COMPLETED")),
     ]
     [merged] = merge(steps)
     assert (merged.old, merged.new) == ("RECRUITING", "COMPLETED")

@@ -201,9 +201,12 @@ def sync(app: App, quiet: bool) -> None:
     Asks the registry's /version first: when its data has not moved since the last sync
     and the watches are the same, nothing else is requested.
     """
+    from watcher.clock import utcnow
+    from watcher.delivery import enroll_subscribers
     from watcher.sync import run_sync
 
     config, store = app.config, app.store
+    enroll_subscribers(config, store, utcnow())
     with app.registry() as registry, _progress(not quiet) as progress:
         report = run_sync(config, store, registry, progress=progress)
     if not quiet:
@@ -219,10 +222,13 @@ def check(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
 
     Changes found are recorded exactly as a sync would record them.
     """
+    from watcher.clock import utcnow
+    from watcher.delivery import enroll_subscribers
     from watcher.sync import run_check
 
     ids = _nct_ids(nct_ids)
     config, store = app.config, app.store
+    enroll_subscribers(config, store, utcnow())
     with app.registry() as registry:
         report = run_check(config, store, registry, ids)
     if as_json:
@@ -281,7 +287,8 @@ def changes(app: App, since: str | None, watch_names: tuple[str, ...], nct_ids: 
 @click.pass_obj
 def show(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
     """The stored facts of trials (no request to the registry)."""
-    from watcher.store import iso, load_records, study_rows, watches_of
+    from watcher.clock import iso
+    from watcher.store import load_records, study_rows, watches_of
 
     ids = _nct_ids(nct_ids)
     with app.store.read() as session:
@@ -364,8 +371,8 @@ def digest_send(app: App, dry_run: bool, everyone: bool, retry_failed: bool) -> 
     `immediate` subscribers are due whenever there are undelivered changes; `daily` and
     `weekly` ones at [schedule] digest_time. Exit 1 when any digest did not go out.
     """
+    from watcher.delivery import SendStatus, send_due
     from watcher.delivery import retry_failed as requeue
-    from watcher.delivery import send_due
 
     config, store = app.config, app.store
     if not config.subscribers:
@@ -381,11 +388,11 @@ def digest_send(app: App, dry_run: bool, everyone: bool, retry_failed: bool) -> 
     width = max(len(o.email) for o in report.outcomes)
     for o in report.outcomes:
         changes = present.plural(o.changes, "change")
-        if o.status == "would-send":
+        if o.status is SendStatus.WOULD_SEND:
             echo(f"would send  {o.email.ljust(width)}  {o.subject} ({changes})")
-        elif o.status == "sent":
+        elif o.status is SendStatus.SENT:
             echo(f"sent        {o.email.ljust(width)}  {o.subject} ({changes}) via {report.transport}")
-        elif o.status == "deferred":
+        elif o.status is SendStatus.DEFERRED:
             echo(f"error: {o.email}: {o.detail}; it stays queued and will be retried.", err=True)
         else:
             echo(f"error: {o.email}: {o.detail}; the digest is marked failed (see: watcher subscribers).", err=True)
@@ -402,8 +409,8 @@ def digest_preview(app: App, email: str, html_file: str | None, text_only: bool)
     """Render the next digest of a subscriber without sending or marking anything."""
     from pathlib import Path
 
+    from watcher.clock import utcnow
     from watcher.delivery import preview
-    from watcher.store import utcnow
 
     result = preview(app.config, app.store, email, utcnow())
     if result is None:
@@ -424,8 +431,8 @@ def digest_preview(app: App, email: str, html_file: str | None, text_only: bool)
 @click.pass_obj
 def subscribers(app: App, as_json: bool) -> None:
     """Who follows what: last delivered digest, pending changes, queued and failed digests."""
+    from watcher.clock import iso
     from watcher.delivery import subscriber_statuses
-    from watcher.store import iso
 
     statuses = subscriber_statuses(app.config, app.store)
     if as_json:

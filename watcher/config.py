@@ -19,11 +19,13 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from watcher.changes import Category
 from watcher.errors import ConfigError
-from watcher.fields import CATEGORIES, STATUS_LABELS
+from watcher.fields import STATUS_LABELS
 
 DEFAULT_CONFIG = "watcher.toml"
 CONFIG_ENV = "WATCHER_CONFIG"
@@ -65,6 +67,19 @@ def _one_of(*allowed: str) -> Callable[[str], str]:
         if value not in allowed:
             raise ValueError(f'"{value}" is not one of {", ".join(allowed)}')
         return value
+
+    return check
+
+
+E = typing.TypeVar("E", bound=StrEnum)
+
+
+def _member(enum: type[E]) -> Callable[[str], E]:
+    def check(value: str) -> E:
+        try:
+            return enum(value)
+        except ValueError:
+            raise ValueError(f'"{value}" is not one of {", ".join(enum)}') from None
 
     return check
 
@@ -171,11 +186,9 @@ def _timezone(value: str) -> str:
     return value
 
 
-def _kinds(values: list[str]) -> tuple[str, ...]:
-    for v in values:
-        if v not in CATEGORIES:
-            raise ValueError(f'"{v}" is not one of {", ".join(CATEGORIES)}')
-    return tuple(values)
+def _kinds(values: list[str]) -> tuple[Category, ...]:
+    check = _member(Category)
+    return tuple(check(v) for v in values)
 
 
 def _check(fn: Callable[[Any], Any]) -> dict[str, Any]:
@@ -183,6 +196,21 @@ def _check(fn: Callable[[Any], Any]) -> dict[str, Any]:
 
 
 # --- settings ---------------------------------------------------------------------------
+
+
+class Frequency(StrEnum):
+    IMMEDIATE = "immediate"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+class Security(StrEnum):
+    STARTTLS = "starttls"  # plain connection upgraded with STARTTLS (port 587)
+    SSL = "ssl"  # implicit TLS (port 465)
+    NONE = "none"  # no TLS (port 25, or a local relay)
+
+
+DEFAULT_PORTS = {Security.STARTTLS: 587, Security.SSL: 465, Security.NONE: 25}
 
 
 @dataclass(frozen=True)
@@ -244,7 +272,7 @@ class MailSettings:
 class SmtpSettings:
     host: str = field(metadata=_check(_text))
     port: int | None = None
-    security: str = field(default="starttls", metadata=_check(_one_of("starttls", "ssl", "none")))
+    security: Security = field(default=Security.STARTTLS, metadata=_check(_member(Security)))
     username: str | None = field(default=None, metadata=_check(_text))
     password_env: str | None = field(default=None, metadata=_check(_env_name))
     timeout_s: float = field(default=30.0, metadata=_check(_positive))
@@ -253,7 +281,7 @@ class SmtpSettings:
 
     @property
     def effective_port(self) -> int:
-        return self.port or {"starttls": 587, "ssl": 465, "none": 25}[self.security]
+        return self.port or DEFAULT_PORTS[self.security]
 
     def password(self) -> str | None:
         """Read the password from the environment, at the moment it is needed."""
@@ -271,11 +299,8 @@ class SmtpSettings:
 class Subscriber:
     email: str = field(metadata=_check(check_email))
     watches: tuple[str, ...] = ()
-    frequency: str = field(default="daily", metadata=_check(_one_of("immediate", "daily", "weekly")))
-    kinds: tuple[str, ...] = field(default=(), metadata=_check(_kinds))
-
-    def wants(self, category: str) -> bool:
-        return not self.kinds or category in self.kinds
+    frequency: Frequency = field(default=Frequency.DAILY, metadata=_check(_member(Frequency)))
+    kinds: tuple[Category, ...] = field(default=(), metadata=_check(_kinds))
 
 
 @dataclass(frozen=True)
@@ -489,7 +514,10 @@ def _base_types(hint: Any) -> tuple[Any, ...]:
 
 def _type_ok(value: Any, hint: Any) -> bool:
     for base in _base_types(hint):
-        if typing.get_origin(base) is tuple:
+        if isinstance(base, type) and issubclass(base, StrEnum):
+            if isinstance(value, str):
+                return True
+        elif typing.get_origin(base) is tuple:
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 return True
         elif base is float:
@@ -508,6 +536,8 @@ def _type_name(hint: Any) -> str:
     for base in _base_types(hint):
         if typing.get_origin(base) is tuple:
             names.append("a list of strings")
+        elif isinstance(base, type) and issubclass(base, StrEnum):
+            names.append("a string")
         else:
             names.append({str: "a string", int: "an integer", float: "a number", bool: "true or false"}[base])
     return " or ".join(names)

@@ -4,55 +4,69 @@ A digest row (recipient, covered change ids, Message-ID, the exact message bytes
 committed before any send. It becomes `sent` only after the mail server (or the outbox
 folder) accepted it; a deferral leaves it `pending` for the next run, a permanent refusal
 marks it `failed` with the server's reply. A change reaches a subscriber in one digest only.
+
+This module also owns each subscriber's state: since when they hear about changes, and the
+last digest slot handled for them.
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from watcher import models
-from watcher import store as st
-from watcher.config import Config, Subscriber
+from watcher.changes import LoggedChange
+from watcher.clock import Clock, utcnow
+from watcher.config import Config, Frequency, Subscriber
 from watcher.digest import Digest, Rendered, build
+from watcher.errors import WatcherError
 from watcher.mailer import (
     Deferred,
-    OutboxTransport,
     Rejected,
-    SmtpTransport,
+    Transport,
     build_message,
     default_unsubscribe,
+    make_transport,
     new_message_id,
 )
+from watcher.models import table_of
+from watcher.states import DigestState
+from watcher.store import Store, last_covered, load_records, query_changes
 from watcher.timing import current_slot, is_due
 
 log = logging.getLogger(__name__)
 
+# How long a second `digest send` waits for the one already sending before it gives up.
+SENDER_WAIT_S = 10.0
 
-class Transport(Protocol):
-    description: str
 
-    def send(self, message: bytes, sender: str, to: str, name: str) -> None: ...
-    def __enter__(self) -> Transport: ...
-    def __exit__(self, *exc: object) -> None: ...
+class SendStatus(StrEnum):
+    SENT = "sent"
+    DEFERRED = "deferred"  # stays queued, retried later
+    FAILED = "failed"  # refused for good
+    QUEUED = "queued"  # stored, not tried yet
+    WOULD_SEND = "would-send"  # --dry-run
 
 
 @dataclass
 class Outcome:
     email: str
-    status: str  # sent | deferred | failed | would-send
+    status: SendStatus
     subject: str
     changes: int
     detail: str = ""
@@ -66,33 +80,73 @@ class SendReport:
 
     @property
     def ok(self) -> bool:
-        return all(o.status in ("sent", "would-send") for o in self.outcomes)
-
-
-def make_transport(config: Config) -> Transport:
-    if config.smtp is None:
-        return OutboxTransport(config.outbox_path)
-    ca = (config.folder / config.smtp.ca_file).resolve() if config.smtp.ca_file else None
-    return SmtpTransport(config.smtp, ca)
+        return all(o.status in (SendStatus.SENT, SendStatus.WOULD_SEND) for o in self.outcomes)
 
 
 def unsubscribe_link(config: Config) -> str:
     return config.mail.unsubscribe or default_unsubscribe(config.mail.from_)
 
 
+class SenderBusy(WatcherError):
+    """Another process is sending this database's digests."""
+
+
 @contextmanager
-def sending_lock(database: Path) -> Iterator[None]:
+def sending_lock(database: Path, wait_s: float = SENDER_WAIT_S) -> Iterator[None]:
     """One sender at a time per database (the daemon and a one-off `digest send`).
 
-    An OS lock: it is released when its process ends, however it ends.
+    An OS lock: it is released when its process ends, however it ends. A second sender
+    waits up to `wait_s` for the first, then says who holds it instead of blocking silently.
     """
     path = database.with_name(database.name + ".send.lock")
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with path.open("a+") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    pid = handle.read().strip() or "unknown"
+                    raise SenderBusy(
+                        f"another process (pid {pid}) is sending digests for {database}; "
+                        "nothing was sent: try again when it is done"
+                    ) from None
+                time.sleep(0.1)
         try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- subscribers' state ----------------------------------------------------------------------
+
+
+def enroll(session: Session, config: Config, now: datetime) -> dict[str, models.SubscriberState]:
+    """Every subscriber's state, creating the missing ones: a new subscriber hears about changes
+    from now on, and their first digest slot is the current one (no digest for a past slot)."""
+    states = {s.email: s for s in session.exec(select(models.SubscriberState)).all()}
+    for sub in config.subscribers:
+        key = sub.email.lower()
+        if key not in states:
+            states[key] = models.SubscriberState(
+                email=key, since=now, last_slot=current_slot(now, sub.frequency, config.schedule)
+            )
+            session.add(states[key])
+    session.flush()
+    return states
+
+
+def enroll_subscribers(config: Config, store: Store, now: datetime) -> None:
+    """Record new subscribers before a sync records changes, so that they hear of those changes."""
+    if config.subscribers:
+        with store.write() as session:
+            enroll(session, config, now)
 
 
 # --- who is due, and with what ------------------------------------------------------------
@@ -100,22 +154,22 @@ def sending_lock(database: Path) -> Iterator[None]:
 
 def pending_changes(
     session: Session, subscribers: Sequence[tuple[Subscriber, datetime]]
-) -> dict[str, list[st.StoredChange]]:
+) -> dict[str, list[LoggedChange]]:
     """The changes each subscriber (with the moment they joined) has not had in a digest yet.
 
     One query for everyone: 1,000 subscribers of one watch cost what one does.
     """
     if not subscribers:
         return {}
-    covered = st.last_covered(session, [sub.email for sub, _ in subscribers])
+    covered = last_covered(session, [sub.email for sub, _ in subscribers])
     floor = min(covered.get(sub.email.lower(), 0) for sub, _ in subscribers)
-    found = st.query_changes(
+    found = query_changes(
         session,
         since=min(since for _, since in subscribers),
         watches=sorted({w for sub, _ in subscribers for w in sub.watches}),
         after_id=floor,
     )
-    pending: dict[str, list[st.StoredChange]] = {}
+    pending: dict[str, list[LoggedChange]] = {}
     for sub, since in subscribers:
         mine, after = set(sub.watches), covered.get(sub.email.lower(), 0)
         pending[sub.email.lower()] = [
@@ -128,32 +182,28 @@ def compose(
     session: Session,
     config: Config,
     subscriber: Subscriber,
-    changes: list[st.StoredChange],
+    changes: list[LoggedChange],
     now: datetime,
     records: dict[str, dict[str, Any]] | None = None,
 ) -> Digest | None:
     """The digest of these changes for a subscriber. `records` caches study records across calls."""
     records = {} if records is None else records
-    records.update(st.load_records(session, {c.nct_id for c in changes} - set(records)))
-    local_day = now.astimezone(_zone(config)).date()
+    records.update(load_records(session, {c.nct_id for c in changes} - set(records)))
+    local_day = now.astimezone(ZoneInfo(config.schedule.timezone)).date()
     return build(
         subscriber.email, subscriber.frequency, subscriber.watches, changes, records, local_day,
         unsubscribe_link(config), subscriber.kinds,
     )  # fmt: skip
 
 
-def _zone(config: Config) -> ZoneInfo:
-    return ZoneInfo(config.schedule.timezone)
-
-
 def queue_due(
-    config: Config, store: st.Store, now: datetime, everyone: bool = False, dry_run: bool = False
+    config: Config, store: Store, now: datetime, everyone: bool = False, dry_run: bool = False
 ) -> list[Outcome]:
     """Build and persist the digests that are due now. Returns what was queued (or would be)."""
     queued: list[Outcome] = []
     records: dict[str, dict[str, Any]] = {}  # the same trials recur across subscribers
     with store.write() as session:
-        states = st.ensure_subscriber_states(session, config, now)
+        states = enroll(session, config, now)
         due = [
             sub
             for sub in config.subscribers
@@ -169,10 +219,12 @@ def queue_due(
             if digest is None:
                 continue
             if dry_run:
-                queued.append(Outcome(sub.email, "would-send", digest.subject, len(digest.change_ids)))
+                queued.append(Outcome(sub.email, SendStatus.WOULD_SEND, digest.subject, len(digest.change_ids)))
                 continue
             digest_id = persist(session, config, digest, _render(digest), now)
-            queued.append(Outcome(sub.email, "pending", digest.subject, len(digest.change_ids), digest_id=digest_id))
+            queued.append(
+                Outcome(sub.email, SendStatus.QUEUED, digest.subject, len(digest.change_ids), digest_id=digest_id)
+            )
         if dry_run:
             session.rollback()
     return queued
@@ -188,18 +240,18 @@ def persist(session: Session, config: Config, digest: Digest, rendered: Rendered
     """Store a digest, with its exact message, before any send; returns its id."""
     message_id = new_message_id(config.mail.from_)
     message = build_message(rendered, config.mail.from_, digest.email, message_id, now, digest.unsubscribe)
-    digests = models.Digest.__table__  # Core: a thousand digests in one run stay cheap
+    outbox = table_of(models.OutboxMessage)  # Core: a thousand digests in one run stay cheap
     digest_id: int = session.execute(
-        insert(digests).returning(digests.c.id),  # type: ignore[arg-type]
+        insert(outbox).returning(outbox.c.id),
         {
             "email": digest.email.lower(), "message_id": message_id, "subject": rendered.subject,
-            "message": message, "changes": len(digest.change_ids), "status": "pending",
+            "message": message, "changes": len(digest.change_ids), "status": DigestState.PENDING,
             "attempts": 0, "created_at": now,
         },
     ).scalar_one()  # fmt: skip
     if digest.change_ids:
         session.execute(
-            insert(models.DigestChange.__table__),  # type: ignore[arg-type]
+            insert(table_of(models.DigestChange)),
             [{"digest_id": digest_id, "change_id": change_id} for change_id in digest.change_ids],
         )
     return digest_id
@@ -209,80 +261,80 @@ def persist(session: Session, config: Config, digest: Digest, rendered: Rendered
 
 
 def send_pending(
-    config: Config,
-    store: st.Store,
-    transport: Transport,
-    clock: Callable[[], datetime],
-    cancel: threading.Event | None = None,
+    config: Config, store: Store, transport: Transport, clock: Clock, cancel: threading.Event | None = None
 ) -> list[Outcome]:
     """Try every pending digest once; one failing recipient does not stop the others."""
+    outbox = models.OutboxMessage
     with store.read() as session:
         pending = session.exec(
-            select(models.Digest.id, models.Digest.email, models.Digest.subject, models.Digest.changes)
-            .where(models.Digest.status == "pending")
-            .order_by(col(models.Digest.id))
+            select(outbox.id, outbox.email, outbox.subject, outbox.changes)
+            .where(outbox.status == DigestState.PENDING)
+            .order_by(col(outbox.id))
         ).all()
     outcomes: list[Outcome] = []
     with transport:
         for digest_id, email, subject, changes in pending:
+            assert digest_id is not None
             if cancel is not None and cancel.is_set():
                 break
             with store.read() as session:
-                row = session.get(models.Digest, digest_id)
-                if row is None or row.status != "pending":  # another sender got there first
+                row = session.get(outbox, digest_id)
+                if row is None or row.status != DigestState.PENDING:  # another sender got there first
                     continue
                 message, created = row.message, row.created_at
             name = f"{created:%Y%m%dT%H%M%SZ}-{digest_id:06d}-{re.sub(r'[^A-Za-z0-9@._-]', '_', email)}"
             try:
                 transport.send(message, config.mail.from_, email, name)
             except Rejected as exc:
-                _mark(store, digest_id, "failed", str(exc), None)
-                outcomes.append(Outcome(email, "failed", subject, changes, str(exc), digest_id))
+                _mark(store, digest_id, DigestState.FAILED, str(exc), None)
+                outcomes.append(Outcome(email, SendStatus.FAILED, subject, changes, str(exc), digest_id))
                 log.warning("digest %d to %s failed: %s", digest_id, email, exc)
             except Deferred as exc:
-                _mark(store, digest_id, "pending", str(exc), None)
-                outcomes.append(Outcome(email, "deferred", subject, changes, str(exc), digest_id))
+                _mark(store, digest_id, DigestState.PENDING, str(exc), None)
+                outcomes.append(Outcome(email, SendStatus.DEFERRED, subject, changes, str(exc), digest_id))
                 log.warning("digest %d to %s deferred: %s", digest_id, email, exc)
             else:
-                _mark(store, digest_id, "sent", None, clock())
-                outcomes.append(Outcome(email, "sent", subject, changes, "", digest_id))
+                _mark(store, digest_id, DigestState.SENT, None, clock())
+                outcomes.append(Outcome(email, SendStatus.SENT, subject, changes, "", digest_id))
                 log.info("digest %d sent to %s (%d change%s)", digest_id, email, changes, "" if changes == 1 else "s")
     return outcomes
 
 
-def _mark(store: st.Store, digest_id: int, status: str, error: str | None, sent_at: datetime | None) -> None:
+def _mark(store: Store, digest_id: int, state: DigestState, error: str | None, sent_at: datetime | None) -> None:
     with store.write() as session:
-        row = session.get(models.Digest, digest_id)
+        row = session.get(models.OutboxMessage, digest_id)
         assert row is not None
-        row.status = status
+        row.status = state
         row.attempts += 1
         row.last_error = error
         row.sent_at = sent_at
         session.add(row)
 
 
-def retry_failed(store: st.Store) -> int:
+def retry_failed(store: Store) -> int:
+    outbox = models.OutboxMessage
     with store.write() as session:
-        rows = session.exec(select(models.Digest).where(models.Digest.status == "failed")).all()
+        rows = session.exec(select(outbox).where(outbox.status == DigestState.FAILED)).all()
         for row in rows:
-            row.status = "pending"
+            row.status = DigestState.PENDING
             session.add(row)
         return len(rows)
 
 
 def send_due(
     config: Config,
-    store: st.Store,
-    clock: Callable[[], datetime] = st.utcnow,
+    store: Store,
+    clock: Clock = utcnow,
     everyone: bool = False,
     dry_run: bool = False,
     transport: Transport | None = None,
     cancel: threading.Event | None = None,
+    wait_s: float = SENDER_WAIT_S,
 ) -> SendReport:
     """Queue every due digest, then send everything queued (including earlier deferrals)."""
     transport = transport or make_transport(config)
     report = SendReport(transport=transport.description)
-    with sending_lock(store.path):
+    with sending_lock(store.path, wait_s):
         queued = queue_due(config, store, clock(), everyone=everyone, dry_run=dry_run)
         if dry_run:
             report.outcomes = queued
@@ -291,7 +343,7 @@ def send_due(
     return report
 
 
-def preview(config: Config, store: st.Store, email: str, now: datetime) -> tuple[Digest, Rendered] | None:
+def preview(config: Config, store: Store, email: str, now: datetime) -> tuple[Digest, Rendered] | None:
     """The next digest of a subscriber, rendered; nothing is stored or marked."""
     subscriber = config.subscriber(email)
     with store.read() as session:
@@ -306,7 +358,7 @@ def preview(config: Config, store: st.Store, email: str, now: datetime) -> tuple
 class SubscriberStatus:
     email: str
     watches: tuple[str, ...]
-    frequency: str
+    frequency: Frequency
     kinds: tuple[str, ...]
     since: datetime | None
     last_delivered: datetime | None
@@ -315,8 +367,9 @@ class SubscriberStatus:
     failed: list[tuple[int, str]]
 
 
-def subscriber_statuses(config: Config, store: st.Store) -> list[SubscriberStatus]:
+def subscriber_statuses(config: Config, store: Store) -> list[SubscriberStatus]:
     result = []
+    outbox = models.OutboxMessage
     with store.read() as session:
         states = {s.email: s for s in session.exec(select(models.SubscriberState)).all()}
         known = [(sub, states[sub.email.lower()].since) for sub in config.subscribers if sub.email.lower() in states]
@@ -324,8 +377,8 @@ def subscriber_statuses(config: Config, store: st.Store) -> list[SubscriberStatu
         for sub in config.subscribers:
             key = sub.email.lower()
             state = states.get(key)
-            digests = session.exec(select(models.Digest).where(models.Digest.email == key)).all()
-            sent = [d.sent_at for d in digests if d.status == "sent" and d.sent_at]
+            digests = session.exec(select(outbox).where(outbox.email == key)).all()
+            sent = [d.sent_at for d in digests if d.status == DigestState.SENT and d.sent_at]
             pending = pending_by_email.get(key, [])
             result.append(
                 SubscriberStatus(
@@ -336,20 +389,20 @@ def subscriber_statuses(config: Config, store: st.Store) -> list[SubscriberStatu
                     since=state.since if state else None,
                     last_delivered=max(sent) if sent else None,
                     pending_changes=len(pending),
-                    queued=sum(1 for d in digests if d.status == "pending"),
-                    failed=[(d.id or 0, d.last_error or "") for d in digests if d.status == "failed"],
+                    queued=sum(1 for d in digests if d.status == DigestState.PENDING),
+                    failed=[(d.id or 0, d.last_error or "") for d in digests if d.status == DigestState.FAILED],
                 )
             )
     return result
 
 
-def send_sample(config: Config, email: str, clock: Callable[[], datetime] = st.utcnow) -> str:
+def send_sample(config: Config, email: str, clock: Clock = utcnow) -> str:
     """Send a sample digest with one change of every kind (nothing stored); returns the route."""
     from watcher.digest import sample_changes
 
-    changes, records = sample_changes()
     now = clock()
-    sample = build(email, "daily", ["sample-watch"], changes, records, now.date(), unsubscribe_link(config))
+    changes, records = sample_changes(now)
+    sample = build(email, Frequency.DAILY, ["sample-watch"], changes, records, now.date(), unsubscribe_link(config))
     assert sample is not None
     message = build_message(
         _render(sample), config.mail.from_, email, new_message_id(config.mail.from_), now, sample.unsubscribe

@@ -9,25 +9,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from watcher.fields import LOCATION_KEY, LOCATIONS_PATH, TRACKED_FIELDS, Compare, TrackedField
+from watcher.changes import Change, ChangeKind
+from watcher.fields import LOCATION_KEY, LOCATIONS_PATH, SITE_STATUS_PATH, TRACKED_FIELDS, Compare, TrackedField
 
 Record = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Change:
-    """One field-level change of one study, or a membership event of one watch."""
-
-    nct_id: str
-    kind: str  # one of watcher.fields.CHANGE_KINDS
-    field: str | None  # dotted API path down to the leaf, e.g. protocolSection.statusModule.overallStatus
-    old: Any = None
-    new: Any = None
-    # for site events: the site (facility, city, state, country, status) the change is about
-    site: dict[str, Any] | None = field(default=None, compare=False)
 
 
 def get_path(record: Mapping[str, Any], keys: tuple[str, ...] | list[str]) -> Any:
@@ -60,7 +47,7 @@ def _field_change(nct_id: str, tracked: TrackedField, old: Record, new: Record) 
     after = get_path(new, tracked.keys)
     if _normalise(before, tracked.compare) == _normalise(after, tracked.compare):
         return None
-    return Change(nct_id, "changed", tracked.path, before, after)
+    return Change(nct_id, ChangeKind.CHANGED, tracked.path, before, after)
 
 
 def site_key(location: dict[str, Any]) -> tuple[str, ...]:
@@ -92,13 +79,13 @@ def _site_changes(nct_id: str, old: Record, new: Record) -> list[Change]:
     changes: list[Change] = []
     for key, location in after.items():
         if key not in before:
-            changes.append(Change(nct_id, "added", LOCATIONS_PATH, None, location, site_summary(location)))
+            changes.append(Change(nct_id, ChangeKind.ADDED, LOCATIONS_PATH, None, location, site_summary(location)))
         elif before[key].get("status") != location.get("status"):
             changes.append(
                 Change(
                     nct_id,
-                    "changed",
-                    f"{LOCATIONS_PATH}.status",
+                    ChangeKind.CHANGED,
+                    SITE_STATUS_PATH,
                     before[key].get("status"),
                     location.get("status"),
                     site_summary(location),
@@ -106,7 +93,7 @@ def _site_changes(nct_id: str, old: Record, new: Record) -> list[Change]:
             )
     for key, location in before.items():
         if key not in after:
-            changes.append(Change(nct_id, "removed", LOCATIONS_PATH, location, None, site_summary(location)))
+            changes.append(Change(nct_id, ChangeKind.REMOVED, LOCATIONS_PATH, location, None, site_summary(location)))
     return changes
 
 

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
 from typing import Any
 
-from watcher.fields import LOCATIONS_PATH, category_of
-from watcher.wording import ChangeLike, Line, describe_all, facts, history_url, status_of, study_url, title_of
-
-
-@dataclass(frozen=True)
-class PendingChange:
-    """A change as the digest builder needs it (a stored change or a sample)."""
-
-    id: int
-    nct_id: str
-    kind: str
-    field: str | None
-    old: Any
-    new: Any
-    site: dict[str, Any] | None = None
+from watcher.changes import Category, Change, ChangeKind, LoggedChange
+from watcher.config import Frequency
+from watcher.fields import HAS_RESULTS, LOCATIONS_PATH, SITE_STATUS_PATH, category_of, status_label
+from watcher.wording import Line, describe_all, facts, history_url, status_of, study_url, title_of
 
 
 @dataclass(frozen=True)
@@ -45,7 +34,7 @@ class TrialUpdate:
 class Digest:
     email: str
     day: date
-    frequency: str
+    frequency: Frequency
     watches: tuple[str, ...]
     subject: str
     trials: tuple[TrialUpdate, ...]
@@ -67,27 +56,21 @@ class Rendered:
     html: str
 
 
-def merge(changes: Sequence[PendingChange]) -> list[PendingChange]:
+def merge(changes: Sequence[LoggedChange]) -> list[LoggedChange]:
     """Successive changes of one field read as one: A → B → C is A → C; A → B → A is nothing."""
-    merged: dict[tuple[Any, ...], PendingChange] = {}
-    order: list[tuple[Any, ...]] = []
+    merged: dict[tuple[Any, ...], LoggedChange] = {}
     for change in changes:
-        if change.kind == "changed" and not (change.field or "").startswith(LOCATIONS_PATH):
-            key: tuple[Any, ...] = (change.nct_id, change.field)
-        elif change.field == f"{LOCATIONS_PATH}.status":
+        key: tuple[Any, ...]
+        if change.kind is ChangeKind.CHANGED and change.path == SITE_STATUS_PATH:
             site = change.site or {}
-            key = (change.nct_id, change.field, site.get("facility"), site.get("city"), site.get("country"))
+            key = (change.nct_id, change.path, site.get("facility"), site.get("city"), site.get("country"))
+        elif change.kind is ChangeKind.CHANGED:
+            key = (change.nct_id, change.path)
         else:
             key = (change.id,)
-        if key in merged:
-            first = merged[key]
-            merged[key] = PendingChange(
-                change.id, change.nct_id, change.kind, change.field, first.old, change.new, change.site
-            )
-        else:
-            merged[key] = change
-            order.append(key)
-    return [merged[k] for k in order if merged[k].kind != "changed" or merged[k].old != merged[k].new]
+        first = merged.get(key)
+        merged[key] = change if first is None else replace(change, old=first.old)
+    return [c for c in merged.values() if c.kind is not ChangeKind.CHANGED or c.old != c.new]
 
 
 def _new_trial_summary(record: Mapping[str, Any] | None) -> str:
@@ -99,17 +82,17 @@ def _new_trial_summary(record: Mapping[str, Any] | None) -> str:
 
 def build(
     email: str,
-    frequency: str,
+    frequency: Frequency,
     watches: Sequence[str],
-    changes: Sequence[PendingChange],
+    changes: Sequence[LoggedChange],
     records: Mapping[str, Mapping[str, Any]],
     day: date,
     unsubscribe: str,
-    kinds: Sequence[str] = (),
+    kinds: Sequence[Category] = (),
 ) -> Digest | None:
     """The digest for one subscriber, or None when there is nothing to tell."""
-    wanted = [c for c in changes if not kinds or category_of(c.field, c.kind) in kinds]
-    by_trial: dict[str, list[PendingChange]] = {}
+    wanted = [c for c in changes if not kinds or category_of(c) in kinds]
+    by_trial: dict[str, list[LoggedChange]] = {}
     for change in merge(wanted):
         by_trial.setdefault(change.nct_id, []).append(change)
     trials: list[TrialUpdate] = []
@@ -118,6 +101,7 @@ def build(
         lines = describe_all(items)
         if not lines:
             continue
+        new_trial = any(c.kind is ChangeKind.NEW_STUDY for c in items)
         trials.append(
             TrialUpdate(
                 nct_id=nct_id,
@@ -126,9 +110,9 @@ def build(
                 url=study_url(nct_id),
                 history_url=history_url(nct_id),
                 lines=tuple(lines),
-                new_trial=any(c.kind == "new_study" for c in items),
-                left_search=any(c.kind == "left_search" for c in items),
-                summary=_new_trial_summary(record) if any(c.kind == "new_study" for c in items) else "",
+                new_trial=new_trial,
+                left_search=any(c.kind is ChangeKind.LEFT_SEARCH for c in items),
+                summary=_new_trial_summary(record) if new_trial else "",
             )
         )
     if not trials:
@@ -139,32 +123,32 @@ def build(
         day=day,
         frequency=frequency,
         watches=tuple(watches),
-        subject=subject_for(trials, [c for c in wanted if c.nct_id in by_trial]),
+        subject=subject_for(trials),
         trials=tuple(trials),
         change_ids=tuple(sorted(c.id for c in wanted)),
         unsubscribe=unsubscribe,
     )
 
 
-def subject_for(trials: Sequence[TrialUpdate], changes: Sequence[ChangeLike]) -> str:
-    """One line that says the most important things first."""
+def _count(lines: Sequence[Line], kind: ChangeKind, path: str | None, new: object = None) -> int:
+    return sum(1 for line in lines if line.kind is kind and line.path == path and (new is None or line.new == new))
+
+
+def subject_for(trials: Sequence[TrialUpdate]) -> str:
+    """One line that says the most important things first, built from the lines' facts."""
     parts: list[str] = []
-    statuses = [
-        (t.nct_id, line.text.split("→")[-1].strip())
-        for t in trials
-        for line in t.lines
-        if line.text.startswith("Status:")
-    ]
-    parts += [f"{nct_id} {status.lower()}" for nct_id, status in statuses[:2]]
+    statuses = [(t.nct_id, line.new) for t in trials for line in t.lines if line.is_status]
+    parts += [f"{nct_id} {status_label(status).lower()}" for nct_id, status in statuses[:2]]
     if len(statuses) > 2:
         parts.append(f"{len(statuses) - 2} more status changes")
     new = sum(1 for t in trials if t.new_trial)
     if new:
         parts.append(f"{new} new trial{'s' if new > 1 else ''}")
-    opened = sum(1 for c in changes if c.field == LOCATIONS_PATH and c.kind == "added")
+    lines = [line for t in trials for line in t.lines]
+    opened = _count(lines, ChangeKind.ADDED, LOCATIONS_PATH)
     if opened:
         parts.append(f"{opened} site{'s' if opened > 1 else ''} opened")
-    results = sum(1 for c in changes if c.field == "hasResults" and c.new is True)
+    results = sum(1 for t in trials if _count(t.lines, ChangeKind.CHANGED, HAS_RESULTS, new=True))
     if results:
         parts.append(f"results posted for {results} trial{'s' if results > 1 else ''}")
     left = sum(1 for t in trials if t.left_search)
@@ -176,28 +160,32 @@ def subject_for(trials: Sequence[TrialUpdate], changes: Sequence[ChangeLike]) ->
     return " ".join(text.split())[:200]
 
 
-def sample_changes() -> tuple[list[PendingChange], dict[str, dict[str, Any]]]:
-    """One change of every kind, for `watcher test-email`."""
+def sample_changes(now: datetime) -> tuple[list[LoggedChange], dict[str, dict[str, Any]]]:
+    """One change of every kind, for `watcher test-email` and the golden digest."""
     s = "protocolSection.statusModule"
     site = {"facility": "Huashan Hospital", "status": "RECRUITING", "city": "Shanghai", "country": "China"}
-    changes = [
-        PendingChange(1, "NCT01727193", "changed", f"{s}.overallStatus", "UNKNOWN", "COMPLETED"),
-        PendingChange(2, "NCT01727193", "changed", f"{s}.completionDateStruct.date", "2020-01", "2019-12"),
-        PendingChange(3, "NCT01727193", "changed", f"{s}.completionDateStruct.type", "ESTIMATED", "ACTUAL"),
-        PendingChange(4, "NCT90000001", "added", LOCATIONS_PATH, None, site, site),
-        PendingChange(5, "NCT90000001", "removed", LOCATIONS_PATH, {"facility": "Old Site"}, None,
-                      {"facility": "Old Site", "city": "Beijing", "country": "China"}),
-        PendingChange(6, "NCT90000001", "changed", f"{LOCATIONS_PATH}.status", "RECRUITING", "COMPLETED",
-                      {"facility": "Peking Union Medical College Hospital", "city": "Beijing", "country": "China"}),
-        PendingChange(7, "NCT90000001", "changed", "protocolSection.designModule.enrollmentInfo.count", 120, 150),
-        PendingChange(8, "NCT90000001", "changed", f"{s}.primaryCompletionDateStruct.date", "2025-06", "2026-03"),
-        PendingChange(9, "NCT90000003", "changed", "hasResults", False, True),
-        PendingChange(10, "NCT90000003", "changed", f"{s}.resultsFirstPostDateStruct.date", None, "2026-11-25"),
-        PendingChange(11, "NCT90000002", "changed", f"{s}.overallStatus", "RECRUITING", "TERMINATED"),
-        PendingChange(12, "NCT90000002", "changed", f"{s}.whyStopped", None, "Sponsor decision"),
-        PendingChange(13, "NCT90000004", "new_study", None, None, None),
-        PendingChange(14, "NCT90000005", "left_search", None, None, None),
+    changed, added, removed = ChangeKind.CHANGED, ChangeKind.ADDED, ChangeKind.REMOVED
+    samples = [
+        Change("NCT01727193", changed, f"{s}.overallStatus", "UNKNOWN", "COMPLETED"),
+        Change("NCT01727193", changed, f"{s}.completionDateStruct.date", "2020-01", "2019-12"),
+        Change("NCT01727193", changed, f"{s}.completionDateStruct.type", "ESTIMATED", "ACTUAL"),
+        Change("NCT90000001", added, LOCATIONS_PATH, None, site, site),
+        Change("NCT90000001", removed, LOCATIONS_PATH, {"facility": "Old Site"}, None,
+               {"facility": "Old Site", "city": "Beijing", "country": "China"}),
+        Change("NCT90000001", changed, SITE_STATUS_PATH, "RECRUITING", "COMPLETED",
+               {"facility": "Peking Union Medical College Hospital", "city": "Beijing", "country": "China"}),
+        Change("NCT90000001", changed, "protocolSection.designModule.enrollmentInfo.count", 120, 150),
+        Change("NCT90000001", changed, f"{s}.primaryCompletionDateStruct.date", "2025-06", "2026-03"),
+        Change("NCT90000003", changed, "hasResults", False, True),
+        Change("NCT90000003", changed, f"{s}.resultsFirstPostDateStruct.date", None, "2026-11-25"),
+        Change("NCT90000002", changed, f"{s}.overallStatus", "RECRUITING", "TERMINATED"),
+        Change("NCT90000002", changed, f"{s}.whyStopped", None, "Sponsor decision"),
+        Change("NCT90000004", ChangeKind.NEW_STUDY),
+        Change("NCT90000005", ChangeKind.LEFT_SEARCH),
     ]  # fmt: skip
+    changes = [
+        LoggedChange(**vars(c), id=i, detected_at=now, watches=("sample-watch",)) for i, c in enumerate(samples, 1)
+    ]
     titles = {
         "NCT01727193": "The Efficacy and Safety of Leflunomide or Azathioprine Therapy in Myasthenia Gravis "
         "Patients After Expand Thymectomy",

@@ -1,8 +1,9 @@
 """What trial watcher tracks, in one table, and the human words for the registry's codes.
 
-Every tracked field is a leaf path in the API v2 study record with a label and a way to
-compare it. Everything not listed here (lastUpdatePostDate, statusVerifiedDate,
-versionHolder, key order, ...) is administrative churn and never produces a change.
+Every tracked field is a leaf path in the API v2 study record with a label, a way to
+compare it, a category and a rank. Everything not listed here (lastUpdatePostDate,
+statusVerifiedDate, versionHolder, key order, ...) is administrative churn and never
+produces a change. `classify` is the one place that decides a change's category and rank.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-# The categories a subscriber can filter on (`kinds = [...]`), in digest order.
-CATEGORIES = ("status", "sites", "results", "new_study", "left_search", "dates", "enrollment", "details")
+from watcher.changes import Category, Change, ChangeKind
+
+CATEGORIES = tuple(c.value for c in Category)
 
 
 class Compare(Enum):
@@ -24,10 +26,9 @@ class Compare(Enum):
 class TrackedField:
     path: str
     label: str
-    category: str
+    category: Category
     compare: Compare = Compare.EXACT
-    # rank within the digest: lower is more important
-    rank: int = 50
+    rank: int = 50  # within a trial in a digest: lower is more important
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -35,35 +36,81 @@ class TrackedField:
 
 
 _S = "protocolSection.statusModule"
+OVERALL_STATUS = f"{_S}.overallStatus"
+WHY_STOPPED = f"{_S}.whyStopped"
+HAS_RESULTS = "hasResults"
+RESULTS_FIRST_POSTED = f"{_S}.resultsFirstPostDateStruct.date"
+START, PRIMARY_COMPLETION, COMPLETION = (
+    f"{_S}.startDateStruct",
+    f"{_S}.primaryCompletionDateStruct",
+    f"{_S}.completionDateStruct",
+)
+DATE_STRUCTS = {START: "Start", PRIMARY_COMPLETION: "Primary completion", COMPLETION: "Completion"}
+ENROLLMENT_COUNT = "protocolSection.designModule.enrollmentInfo.count"
+ENROLLMENT_TYPE = "protocolSection.designModule.enrollmentInfo.type"
+PHASES = "protocolSection.designModule.phases"
 
 TRACKED_FIELDS: tuple[TrackedField, ...] = (
-    TrackedField(f"{_S}.overallStatus", "Status", "status", rank=0),
-    TrackedField(f"{_S}.whyStopped", "Why stopped", "status", Compare.TEXT, rank=1),
-    TrackedField("hasResults", "Results posted", "results", rank=20),
-    TrackedField(f"{_S}.resultsFirstPostDateStruct.date", "Results first posted", "results", rank=21),
-    TrackedField(f"{_S}.startDateStruct.date", "Start", "dates", rank=30),
-    TrackedField(f"{_S}.startDateStruct.type", "Start date type", "dates", rank=31),
-    TrackedField(f"{_S}.primaryCompletionDateStruct.date", "Primary completion", "dates", rank=32),
-    TrackedField(f"{_S}.primaryCompletionDateStruct.type", "Primary completion date type", "dates", rank=33),
-    TrackedField(f"{_S}.completionDateStruct.date", "Completion", "dates", rank=34),
-    TrackedField(f"{_S}.completionDateStruct.type", "Completion date type", "dates", rank=35),
-    TrackedField("protocolSection.designModule.enrollmentInfo.count", "Enrollment", "enrollment", rank=40),
-    TrackedField("protocolSection.designModule.enrollmentInfo.type", "Enrollment type", "enrollment", rank=41),
-    TrackedField("protocolSection.identificationModule.briefTitle", "Title", "details", Compare.TEXT, rank=60),
-    TrackedField("protocolSection.designModule.phases", "Phases", "details", Compare.UNORDERED, rank=61),
+    TrackedField(OVERALL_STATUS, "Status", Category.STATUS, rank=0),
+    TrackedField(WHY_STOPPED, "Why stopped", Category.STATUS, Compare.TEXT, rank=1),
+    TrackedField(HAS_RESULTS, "Results posted", Category.RESULTS, rank=20),
+    TrackedField(RESULTS_FIRST_POSTED, "Results first posted", Category.RESULTS, rank=21),
+    TrackedField(f"{START}.date", "Start", Category.DATES, rank=30),
+    TrackedField(f"{START}.type", "Start date type", Category.DATES, rank=31),
+    TrackedField(f"{PRIMARY_COMPLETION}.date", "Primary completion", Category.DATES, rank=32),
+    TrackedField(f"{PRIMARY_COMPLETION}.type", "Primary completion date type", Category.DATES, rank=33),
+    TrackedField(f"{COMPLETION}.date", "Completion", Category.DATES, rank=34),
+    TrackedField(f"{COMPLETION}.type", "Completion date type", Category.DATES, rank=35),
+    TrackedField(ENROLLMENT_COUNT, "Enrollment", Category.ENROLLMENT, rank=40),
+    TrackedField(ENROLLMENT_TYPE, "Enrollment type", Category.ENROLLMENT, rank=41),
+    TrackedField("protocolSection.identificationModule.briefTitle", "Title", Category.DETAILS, Compare.TEXT, rank=60),
+    TrackedField(PHASES, "Phases", Category.DETAILS, Compare.UNORDERED, rank=61),
     TrackedField(
-        "protocolSection.sponsorCollaboratorsModule.leadSponsor.name", "Lead sponsor", "details", Compare.TEXT, rank=62
+        "protocolSection.sponsorCollaboratorsModule.leadSponsor.name", "Lead sponsor", Category.DETAILS,
+        Compare.TEXT, rank=62,
     ),
-)
+)  # fmt: skip
 
 FIELDS_BY_PATH = {f.path: f for f in TRACKED_FIELDS}
 
 # Sites are a keyed collection: added, removed, or a site's status changed.
 LOCATIONS_PATH = "protocolSection.contactsLocationsModule.locations"
+SITE_STATUS_PATH = f"{LOCATIONS_PATH}.status"
 LOCATION_KEY = ("facility", "city", "country")
-SITES = TrackedField(LOCATIONS_PATH, "Sites", "sites", rank=10)
 
-# Human labels for the registry's enums, in one place.
+# Changes that are not a tracked field's: (kind, path) → (category, rank). Sites rank just
+# after the status, above results and dates; membership events come after results.
+EVENTS: dict[tuple[ChangeKind, str | None], tuple[Category, int]] = {
+    (ChangeKind.ADDED, LOCATIONS_PATH): (Category.SITES, 10),
+    (ChangeKind.CHANGED, SITE_STATUS_PATH): (Category.SITES, 11),
+    (ChangeKind.REMOVED, LOCATIONS_PATH): (Category.SITES, 12),
+    (ChangeKind.NEW_STUDY, None): (Category.NEW_STUDY, 25),
+    (ChangeKind.LEFT_SEARCH, None): (Category.LEFT_SEARCH, 26),
+}
+UNKNOWN_RANK = 99
+
+
+def classify(kind: ChangeKind, path: str | None) -> tuple[Category, int]:
+    """The category a subscriber filters on and the rank a digest orders by, for any change."""
+    event = EVENTS.get((kind, path))
+    if event is not None:
+        return event
+    tracked = FIELDS_BY_PATH.get(path or "")
+    if kind is ChangeKind.CHANGED and tracked is not None:
+        return tracked.category, tracked.rank
+    return Category.DETAILS, UNKNOWN_RANK
+
+
+def category_of(change: Change) -> Category:
+    return classify(change.kind, change.path)[0]
+
+
+def rank_of(change: Change) -> int:
+    return classify(change.kind, change.path)[1]
+
+
+# --- the registry's codes in words ----------------------------------------------------------
+
 STATUS_LABELS = {
     "RECRUITING": "Recruiting",
     "NOT_YET_RECRUITING": "Not yet recruiting",
@@ -93,36 +140,19 @@ PHASE_LABELS = {
     "PHASE4": "Phase 4",
 }
 
-CHANGE_KINDS = ("changed", "added", "removed", "new_study", "left_search")
 
-
-def status_label(code: str | None) -> str:
+def status_label(code: object) -> str:
+    """'UNKNOWN' → 'Unknown status'; a code it does not know is shown as it is."""
     if code is None:
         return "no status"
+    if not isinstance(code, str):
+        return str(code)
     return STATUS_LABELS.get(code, code.replace("_", " ").capitalize())
 
 
-def phases_label(codes: list[str] | None) -> str:
+def phases_label(codes: object) -> str:
     if not codes:
         return "no phase"
-    return " / ".join(PHASE_LABELS.get(c, c) for c in codes)
-
-
-def category_of(path: str | None, kind: str) -> str:
-    if kind in ("new_study", "left_search"):
-        return kind
-    if path == LOCATIONS_PATH or (path or "").startswith(LOCATIONS_PATH):
-        return "sites"
-    tracked = FIELDS_BY_PATH.get(path or "")
-    return tracked.category if tracked else "details"
-
-
-def rank_of(path: str | None, kind: str) -> int:
-    if kind == "new_study":
-        return 25
-    if kind == "left_search":
-        return 26
-    if path == LOCATIONS_PATH:
-        return SITES.rank
-    tracked = FIELDS_BY_PATH.get(path or "")
-    return tracked.rank if tracked else 99
+    if not isinstance(codes, list):
+        return str(codes)
+    return " / ".join(PHASE_LABELS.get(c, str(c)) for c in codes)

@@ -21,9 +21,9 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
-from types import TracebackType
+from typing import Protocol, Self
 
-from watcher.config import SmtpSettings
+from watcher.config import Config, Security, SmtpSettings
 from watcher.digest import Rendered
 from watcher.errors import DeliveryError
 
@@ -55,9 +55,16 @@ def address_of(sender: str) -> str:
     return parseaddr(sender)[1] or sender
 
 
-def new_message_id(sender: str) -> str:
+def new_message_id(sender: str, purpose: str = "digest") -> str:
     domain = address_of(sender).rpartition("@")[2] or "localhost"
-    return f"<digest.{uuid.uuid4().hex}@{domain}>"
+    return f"<{purpose}.{uuid.uuid4().hex}@{domain}>"
+
+
+def _headers(message: MIMEText | MIMEMultipart, headers: list[tuple[str, str | Header]]) -> None:
+    for name, value in headers:
+        if isinstance(value, str) and ("\r" in value or "\n" in value):
+            raise ValueError(f"{name} header would span lines")
+        message[name] = value  # type: ignore[assignment]  # compat32 messages take Header objects too
 
 
 def default_unsubscribe(sender: str) -> str:
@@ -83,13 +90,48 @@ def build_message(rendered: Rendered, sender: str, to: str, message_id: str, dat
     ]
     if unsubscribe.startswith("https://"):
         headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-    for name, value in headers:
-        if isinstance(value, str) and ("\r" in value or "\n" in value):
-            raise ValueError(f"{name} header would span lines")
-        message[name] = value
+    _headers(message, headers)
     message.attach(MIMEText(rendered.text, "plain", "utf-8"))
     message.attach(MIMEText(rendered.html, "html", "utf-8"))
     return message.as_bytes(policy=_CRLF)
+
+
+def build_alert(subject: str, text: str, sender: str, to: str, message_id: str, date: datetime) -> bytes:
+    """A plain-text message to the operator (never to subscribers), CRLF line ends."""
+    message = MIMEText(text, "plain", "utf-8")
+    _headers(
+        message,
+        [
+            ("From", formataddr(parseaddr(one_line(sender)), "utf-8")),
+            ("To", one_line(to)),
+            ("Subject", _header_text(one_line(subject))),
+            ("Date", format_datetime(date)),
+            ("Message-ID", one_line(message_id)),
+            ("Auto-Submitted", "auto-generated"),
+        ],
+    )
+    return message.as_bytes(policy=_CRLF)
+
+
+class Transport(Protocol):
+    """Hands a finished message to its next hop; raises Deferred or Rejected when it cannot."""
+
+    @property
+    def description(self) -> str: ...
+
+    def send(self, message: bytes, sender: str, to: str, name: str) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def make_transport(config: Config) -> Transport:
+    """SMTP when `[smtp]` is configured, else the outbox folder."""
+    if config.smtp is None:
+        return OutboxTransport(config.outbox_path)
+    ca = (config.folder / config.smtp.ca_file).resolve() if config.smtp.ca_file else None
+    return SmtpTransport(config.smtp, ca)
 
 
 class OutboxTransport:
@@ -98,7 +140,7 @@ class OutboxTransport:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def __enter__(self) -> OutboxTransport:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -132,12 +174,10 @@ class SmtpTransport:
     def description(self) -> str:
         return f"{self.settings.host}:{self.settings.effective_port}"
 
-    def __enter__(self) -> SmtpTransport:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -156,13 +196,13 @@ class SmtpTransport:
         password = s.password()
         port, timeout = s.effective_port, s.timeout_s
         client: smtplib.SMTP
-        if s.security == "ssl":
+        if s.security is Security.SSL:
             client = smtplib.SMTP_SSL(s.host, port, timeout=timeout, context=self._tls())
         else:
             client = smtplib.SMTP(s.host, port, timeout=timeout)
         try:
             client.ehlo()
-            if s.security == "starttls":
+            if s.security is Security.STARTTLS:
                 client.starttls(context=self._tls())
                 client.ehlo()
             if s.username and password is not None:

@@ -1,10 +1,22 @@
-"""SQLModel tables. Timestamps are timezone-aware UTC datetimes."""
+"""SQLModel tables. Timestamps are timezone-aware UTC datetimes.
+
+Columns holding a closed set (`SyncRun.outcome`, `OutboxMessage.status`, ...) are plain
+strings in the database; the code reads and writes them through the enums in
+`watcher.states` and `watcher.changes`.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
+from sqlalchemy import Table
 from sqlmodel import Field, SQLModel, UniqueConstraint
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """A model's Core table, for bulk statements that skip per-row ORM objects."""
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
 
 
 class Study(SQLModel, table=True):
@@ -50,13 +62,14 @@ class WatchState(SQLModel, table=True):
     baseline_at: datetime
 
 
-class Change(SQLModel, table=True):
+class ChangeEntry(SQLModel, table=True):
     """The append-only change log."""
 
+    __tablename__ = "change"
     id: int | None = Field(default=None, primary_key=True)
     nct_id: str = Field(index=True)
-    kind: str
-    field: str | None = None
+    kind: str  # a ChangeKind
+    field: str | None = None  # the API path
     old_json: str | None = None
     new_json: str | None = None
     site_json: str | None = None
@@ -73,10 +86,10 @@ class ChangeWatch(SQLModel, table=True):
 
 class SyncRun(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    kind: str = "sync"  # sync | check
+    kind: str = "sync"  # a RunKind
     started_at: datetime
     finished_at: datetime | None = None
-    outcome: str = "running"  # running | ok | unchanged | failed
+    outcome: str = "running"  # a RunOutcome
     data_timestamp: str | None = None
     watches_fingerprint: str | None = None
     requests: int = 0
@@ -94,16 +107,17 @@ class SubscriberState(SQLModel, table=True):
     last_slot: datetime | None = None
 
 
-class Digest(SQLModel, table=True):
+class OutboxMessage(SQLModel, table=True):
     """The outbox: a digest is stored (with its exact message) before it is sent."""
 
+    __tablename__ = "digest"
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(index=True)  # lower-cased
     message_id: str
     subject: str
     message: bytes  # the whole RFC 5322 message, so a retry sends the same bytes
     changes: int
-    status: str = Field(default="pending", index=True)  # pending | sent | failed
+    status: str = Field(default="pending", index=True)  # a DigestState
     attempts: int = 0
     last_error: str | None = None
     created_at: datetime

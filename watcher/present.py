@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from watcher.changes import LoggedChange
+from watcher.clock import iso
+from watcher.states import RunOutcome
 from watcher.wording import describe, describe_all, facts
 
 if TYPE_CHECKING:
-    from watcher.store import StoredChange
     from watcher.sync import CheckedStudy, SyncReport
 
 
@@ -34,7 +36,7 @@ def stamp(value: str | None) -> str:
 
 
 def format_sync_report(report: SyncReport) -> str:
-    if report.outcome == "unchanged":
+    if report.outcome is RunOutcome.UNCHANGED:
         return (
             f"Registry data unchanged since the last sync ({stamp(report.data_timestamp)}); "
             f"nothing to do ({plural(report.requests, 'request')})."
@@ -74,7 +76,7 @@ def checked_json(study: CheckedStudy) -> dict[str, Any]:
         "facts": facts_json(study.record),
         "first_check": study.first_check,
         "changes": [
-            {"kind": c.kind, "field": c.field, "old": c.old, "new": c.new, "site": c.site} for c in study.changes
+            {"kind": c.kind.value, "field": c.path, "old": c.old, "new": c.new, "site": c.site} for c in study.changes
         ],
         "summary": [line.text for line in describe_all(study.changes)],
         "watches": study.watches,
@@ -131,11 +133,24 @@ def format_checked(study: CheckedStudy) -> str:
 # --- reading the log -------------------------------------------------------------------
 
 
-def change_json(change: StoredChange, titles: dict[str, str | None]) -> dict[str, Any]:
-    return {**change.as_json(), "title": titles.get(change.nct_id), "summary": describe(change).text}
+def change_json(change: LoggedChange, titles: dict[str, str | None]) -> dict[str, Any]:
+    """A logged change as `watcher changes --json` shows it (the shape webhooks send too)."""
+    return {
+        "id": change.id,
+        "nct_id": change.nct_id,
+        "kind": change.kind.value,
+        "field": change.path,
+        "old": change.old,
+        "new": change.new,
+        "site": change.site,
+        "detected_at": iso(change.detected_at),
+        "watches": list(change.watches),
+        "title": titles.get(change.nct_id),
+        "summary": describe(change).text,
+    }
 
 
-def format_changes(found: Sequence[StoredChange], titles: dict[str, str | None]) -> str:
+def format_changes(found: Sequence[LoggedChange], titles: dict[str, str | None]) -> str:
     lines = []
     for c in found:
         watches = f"  [{', '.join(c.watches)}]" if c.watches else ""
@@ -163,7 +178,7 @@ def format_status(report: dict[str, Any]) -> str:
     if not report["runs"]:
         lines.append("Runs        none yet: run `watcher sync`")
     for run in report["runs"]:
-        if run["outcome"] == "failed":
+        if run["outcome"] == RunOutcome.FAILED:
             detail = run["error"] or ""
         else:
             detail = f"registry data {stamp(run['data_timestamp'])} · {plural(run['requests'], 'request')}"

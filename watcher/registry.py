@@ -63,7 +63,7 @@ class _CountingRetry(Retry):
         fresh = super().increment(*args, **kwargs)  # raises once retries are used up
         if self.traffic is not None:
             self.traffic.requests += 1
-        return fresh  # type: ignore[return-value]
+        return fresh
 
 
 def user_agent(contact: str | None) -> str:

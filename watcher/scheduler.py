@@ -16,19 +16,19 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from email import policy
-from email.message import EmailMessage
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-from watcher import store as st
+from watcher.clock import Clock, iso, utcnow
 from watcher.config import Config
 from watcher.errors import Cancelled, WatcherError
 from watcher.models import DaemonState
+from watcher.states import RunOutcome
+from watcher.store import Store, consecutive_failures, digest_counts, recent_runs
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,11 @@ def lock_holder(database: Path) -> int | None:
     return None
 
 
-def status_report(store: st.Store) -> dict[str, Any]:
+def status_report(store: Store) -> dict[str, Any]:
     """What `watcher status` shows: the daemon, its next runs, recent runs and the outbox."""
     with store.read() as session:
-        runs = st.recent_runs(session, 5)
-        digests = st.digest_counts(session)
+        runs = recent_runs(session, 5)
+        digests = digest_counts(session)
         state = session.get(DaemonState, 1)
     pid = lock_holder(store.path)
     running = pid is not None and state is not None
@@ -94,12 +94,12 @@ def status_report(store: st.Store) -> dict[str, Any]:
         "daemon": {
             "running": pid is not None,
             "pid": pid,
-            "next_sync": st.iso(state.next_sync) if running and state else None,
-            "next_digests": st.iso(state.next_digest) if running and state else None,
+            "next_sync": iso(state.next_sync) if running and state else None,
+            "next_digests": iso(state.next_digest) if running and state else None,
         },
         "runs": [
             {
-                "id": r.id, "kind": r.kind, "started_at": st.iso(r.started_at), "finished_at": st.iso(r.finished_at),
+                "id": r.id, "kind": r.kind, "started_at": iso(r.started_at), "finished_at": iso(r.finished_at),
                 "outcome": r.outcome, "data_timestamp": r.data_timestamp, "requests": r.requests,
                 "bytes": r.bytes, "changes": r.changes, "error": r.error,
             }
@@ -115,7 +115,7 @@ def status_report(store: st.Store) -> dict[str, Any]:
 class Worker:
     """What the daemon does at each tick; also driven directly by tests with a fake clock."""
 
-    def __init__(self, config: Config, store: st.Store, clock: Callable[[], datetime] = st.utcnow) -> None:
+    def __init__(self, config: Config, store: Store, clock: Clock = utcnow) -> None:
         self.config = config
         self.store = store
         self.clock = clock
@@ -138,13 +138,15 @@ class Worker:
             self._digests()
 
     def _sync(self) -> None:
+        from watcher.delivery import enroll_subscribers
         from watcher.registry import Registry
         from watcher.sync import run_sync
 
         with self.store.read() as session:
-            failures_before = st.consecutive_failures(session)
+            failures_before = consecutive_failures(session)
         started = time.monotonic()
         try:
+            enroll_subscribers(self.config, self.store, self.clock())
             with Registry(self.config.ctgov, cancel=self.cancel) as registry:
                 report = run_sync(self.config, self.store, registry, clock=self.clock)
         except Cancelled:
@@ -153,9 +155,9 @@ class Worker:
         except WatcherError as exc:
             log.warning("sync failed after %.1f s: %s; next try at the next slot", time.monotonic() - started, exc)
             log.debug("sync failure details", exc_info=True)
-            self._maybe_alert()
+            self._maybe_alert(failures_before)
             return
-        if report.outcome == "unchanged":
+        if report.outcome is RunOutcome.UNCHANGED:
             log.info(
                 "sync: registry data unchanged since %s; 1 request in %.1f s", report.data_timestamp, report.seconds
             )
@@ -171,12 +173,13 @@ class Worker:
             log.warning(message)
             self._tell_operator("trial watcher: syncing recovered", message)
 
-    def _maybe_alert(self) -> None:
+    def _maybe_alert(self, failures_before: int) -> None:
+        """Tell the operator once, when the failures in a row reach the threshold (or jump past it)."""
         with self.store.read() as session:
-            failures = st.consecutive_failures(session)
-            last = st.recent_runs(session, 1)
+            failures = consecutive_failures(session)
+            last = recent_runs(session, 1)
         threshold = self.config.schedule.alert_after_failures
-        if failures == threshold:
+        if failures_before < threshold <= failures:
             reason = last[0].error if last else "unknown"
             message = f"syncing has failed {failures} times in a row; the last error: {reason}"
             log.error(message)
@@ -186,22 +189,16 @@ class Worker:
         operator = self.config.mail.operator
         if not operator:
             return
-        from watcher.delivery import make_transport
-        from watcher.mailer import new_message_id, one_line
+        from watcher.mailer import build_alert, make_transport, new_message_id
 
-        message = EmailMessage()
-        message["From"] = one_line(self.config.mail.from_)
-        message["To"] = operator
-        message["Subject"] = one_line(subject)
-        message["Date"] = format_datetime(self.clock())
-        message["Message-ID"] = message_id = new_message_id(self.config.mail.from_)
-        message.set_content(
-            f"{text}\n\nDatabase: {self.store.path}\nThis goes to the operator only, never to subscribers.\n"
-        )
+        now = self.clock()
+        sender = self.config.mail.from_
+        message_id = new_message_id(sender, "alert")
+        text = f"{text}\n\nDatabase: {self.store.path}\nThis goes to the operator only, never to subscribers.\n"
+        message = build_alert(subject, text, sender, operator, message_id, now)
         try:
             with make_transport(self.config) as transport:
-                name = f"{self.clock():%Y%m%dT%H%M%SZ}-{message_id[8:16]}-operator"
-                transport.send(message.as_bytes(policy=policy.SMTP), self.config.mail.from_, operator, name)
+                transport.send(message, sender, operator, f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}-operator")
         except WatcherError as exc:
             log.error("could not tell the operator %s: %s", operator, exc)
 
@@ -275,24 +272,24 @@ def next_runs(scheduler: Any) -> dict[str, datetime | None]:
     return runs
 
 
-def _record_state(store: st.Store, scheduler: Any, started_at: datetime) -> None:
+def _record_state(store: Store, scheduler: Any, started_at: datetime) -> None:
     runs = next_runs(scheduler)
     try:
         with store.write() as session:
             state = session.get(DaemonState, 1) or DaemonState(id=1, pid=os.getpid(), started_at=started_at)
             state.pid, state.started_at = os.getpid(), started_at
             state.next_sync, state.next_digest = runs.get("sync"), runs.get("digests")
-            state.heartbeat = st.utcnow()
+            state.heartbeat = utcnow()
             session.add(state)
     except WatcherError as exc:
         log.debug("could not record the daemon's state: %s", exc)
 
 
-def run_daemon(config: Config, store: st.Store) -> None:
+def run_daemon(config: Config, store: Store) -> None:
     """Run until SIGTERM / SIGINT. Raises WatcherError if another daemon holds the database."""
     with daemon_lock(store.path):
         worker = Worker(config, store)
-        started_at = st.utcnow()
+        started_at = utcnow()
         scheduler = build_scheduler(worker, started_at)
 
         def shutdown() -> None:

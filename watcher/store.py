@@ -13,8 +13,7 @@ import sqlite3
 import zlib
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,11 +23,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col, delete, func, select
 
 from watcher import models
-from watcher.config import Config
-from watcher.differ import Change, get_path, nct_id_of
-from watcher.digest import PendingChange
+from watcher.changes import Change, ChangeKind, LoggedChange
+from watcher.differ import get_path, nct_id_of
 from watcher.errors import StoreError
-from watcher.timing import current_slot
+from watcher.models import table_of
+from watcher.states import DigestState, RunKind, RunOutcome
 
 BUSY_TIMEOUT_S = 120
 T = TypeVar("T")
@@ -41,15 +40,6 @@ def chunks(items: Iterable[T], size: int = 500) -> Iterator[list[T]]:
     batch = list(items)
     for start in range(0, len(batch), size):
         yield batch[start : start + size]
-
-
-def utcnow() -> datetime:
-    """The one clock of the store: UTC, to the second."""
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
 
 def canonical(record: dict[str, Any]) -> bytes:
@@ -171,7 +161,7 @@ def save_records(
     if not prepared:
         return
     ids = sorted({key[0] for key in prepared})
-    snapshots = models.Snapshot.__table__  # Core, not the ORM: no per-row objects on a big sync
+    snapshots = table_of(models.Snapshot)  # Core, not the ORM: no per-row objects on a big sync
     known: dict[tuple[str, str], int] = {}
     for batch in chunks(ids):
         rows = session.execute(
@@ -189,7 +179,7 @@ def save_records(
             insert(snapshots).returning(snapshots.c.id, snapshots.c.nct_id, snapshots.c.content_hash), fresh
         )
         known.update({(n, h): i for i, n, h in inserted})
-    studies = models.Study.__table__
+    studies = table_of(models.Study)
     upsert = sqlite_insert(studies)
     upsert = upsert.on_conflict_do_update(
         index_elements=[studies.c.nct_id],
@@ -268,8 +258,10 @@ def replace_memberships(session: Session, watch: str, members: dict[str, tuple[b
     current = memberships(session, watch)
     gone = [nct_id for nct_id in current if nct_id not in members]
     for batch in chunks(gone):
-        session.exec(  # type: ignore[call-overload]
-            delete(models.Membership).where(models.Membership.watch == watch, col(models.Membership.nct_id).in_(batch))
+        session.execute(
+            delete(models.Membership).where(
+                col(models.Membership.watch) == watch, col(models.Membership.nct_id).in_(batch)
+            )
         )
     for nct_id, (by_id, by_search) in members.items():
         row = current.get(nct_id)
@@ -284,8 +276,8 @@ def replace_memberships(session: Session, watch: str, members: dict[str, tuple[b
 def forget_watches(session: Session, keep: Iterable[str]) -> None:
     """Drop memberships and state of watches no longer in the config."""
     names = list(keep)
-    session.exec(delete(models.Membership).where(col(models.Membership.watch).not_in(names)))  # type: ignore[call-overload]
-    session.exec(delete(models.WatchState).where(col(models.WatchState.name).not_in(names)))  # type: ignore[call-overload]
+    session.execute(delete(models.Membership).where(col(models.Membership.watch).not_in(names)))
+    session.execute(delete(models.WatchState).where(col(models.WatchState.name).not_in(names)))
 
 
 # --- changes -------------------------------------------------------------------------------
@@ -296,10 +288,10 @@ def _dump(value: Any) -> str | None:
 
 
 def add_change(session: Session, change: Change, watches: Sequence[str], now: datetime, run_id: int | None) -> None:
-    row = models.Change(
+    row = models.ChangeEntry(
         nct_id=change.nct_id,
         kind=change.kind,
-        field=change.field,
+        field=change.path,
         old_json=_dump(change.old),
         new_json=_dump(change.new),
         site_json=_dump(change.site),
@@ -313,44 +305,24 @@ def add_change(session: Session, change: Change, watches: Sequence[str], now: da
         session.add(models.ChangeWatch(change_id=row.id, watch=watch))
 
 
-@dataclass(frozen=True, kw_only=True)
-class StoredChange(PendingChange):
-    """A change as the log holds it: when it was detected, and for which watches."""
-
-    detected_at: datetime
-    watches: tuple[str, ...]
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "nct_id": self.nct_id,
-            "kind": self.kind,
-            "field": self.field,
-            "old": self.old,
-            "new": self.new,
-            "site": self.site,
-            "detected_at": iso(self.detected_at),
-            "watches": list(self.watches),
-        }
-
-
 def query_changes(
     session: Session,
     since: datetime | None = None,
     watches: Sequence[str] | None = None,
     nct_ids: Sequence[str] | None = None,
     after_id: int | None = None,
-) -> list[StoredChange]:
-    query = select(models.Change).order_by(col(models.Change.id))
+) -> list[LoggedChange]:
+    entry = models.ChangeEntry
+    query = select(entry).order_by(col(entry.id))
     if since is not None:
-        query = query.where(models.Change.detected_at >= since)
+        query = query.where(entry.detected_at >= since)
     if nct_ids:
-        query = query.where(col(models.Change.nct_id).in_(list(nct_ids)))
+        query = query.where(col(entry.nct_id).in_(list(nct_ids)))
     if after_id is not None:
-        query = query.where(col(models.Change.id) > after_id)
+        query = query.where(col(entry.id) > after_id)
     if watches:
         query = query.where(
-            col(models.Change.id).in_(
+            col(entry.id).in_(
                 select(models.ChangeWatch.change_id).where(col(models.ChangeWatch.watch).in_(list(watches)))
             )
         )
@@ -364,11 +336,11 @@ def query_changes(
         ):
             links.setdefault(change_id, []).append(watch)
     return [
-        StoredChange(
+        LoggedChange(
             id=r.id or 0,
             nct_id=r.nct_id,
-            kind=r.kind,
-            field=r.field,
+            kind=ChangeKind(r.kind),
+            path=r.field,
             old=_load(r.old_json),
             new=_load(r.new_json),
             site=_load(r.site_json),
@@ -383,29 +355,15 @@ def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-# --- subscribers ---------------------------------------------------------------------------
-
-
-def ensure_subscriber_states(session: Session, config: Config, now: datetime) -> dict[str, models.SubscriberState]:
-    """A subscriber hears about changes from the moment trial watcher first sees them."""
-    states = {s.email: s for s in session.exec(select(models.SubscriberState)).all()}
-    for sub in config.subscribers:
-        key = sub.email.lower()
-        if key not in states:
-            slot = current_slot(now, sub.frequency, config.schedule)
-            states[key] = models.SubscriberState(email=key, since=now, last_slot=slot)
-            session.add(states[key])
-    session.flush()
-    return states
-
-
 # --- sync runs --------------------------------------------------------------------------
 
 
 def last_good_sync(session: Session) -> models.SyncRun | None:
     return session.exec(
         select(models.SyncRun)
-        .where(models.SyncRun.kind == "sync", col(models.SyncRun.outcome).in_(["ok", "unchanged"]))
+        .where(
+            models.SyncRun.kind == RunKind.SYNC, col(models.SyncRun.outcome).in_([RunOutcome.OK, RunOutcome.UNCHANGED])
+        )
         .order_by(col(models.SyncRun.id).desc())
     ).first()
 
@@ -417,13 +375,13 @@ def recent_runs(session: Session, limit: int = 10) -> list[models.SyncRun]:
 def consecutive_failures(session: Session) -> int:
     runs = session.exec(
         select(models.SyncRun.outcome)
-        .where(models.SyncRun.kind == "sync")
+        .where(models.SyncRun.kind == RunKind.SYNC)
         .order_by(col(models.SyncRun.id).desc())
         .limit(100)
     ).all()
     count = 0
     for outcome in runs:
-        if outcome != "failed":
+        if outcome != RunOutcome.FAILED:
             break
         count += 1
     return count
@@ -435,16 +393,18 @@ def last_covered(session: Session, emails: Iterable[str]) -> dict[str, int]:
     Change ids only grow and a digest covers every pending change when it is built, so the
     changes still pending for a subscriber are exactly those after this id.
     """
+    outbox = models.OutboxMessage
     query = (
-        select(models.Digest.email, func.max(models.DigestChange.change_id))
-        .join(models.DigestChange, col(models.DigestChange.digest_id) == col(models.Digest.id))
-        .where(col(models.Digest.email).in_([e.lower() for e in emails]))
-        .group_by(models.Digest.email)
+        select(outbox.email, func.max(models.DigestChange.change_id))
+        .join(models.DigestChange, col(models.DigestChange.digest_id) == col(outbox.id))
+        .where(col(outbox.email).in_([e.lower() for e in emails]))
+        .group_by(outbox.email)
     )
     return dict(session.exec(query).all())
 
 
 def digest_counts(session: Session) -> dict[str, int]:
-    """Digests by status: pending, failed, sent."""
-    counts = dict(session.exec(select(models.Digest.status, func.count()).group_by(models.Digest.status)).all())
-    return {status: counts.get(status, 0) for status in ("pending", "failed", "sent")}
+    """Digests by state: pending, failed, sent."""
+    outbox = models.OutboxMessage
+    counts = dict(session.exec(select(outbox.status, func.count()).group_by(outbox.status)).all())
+    return {state.value: counts.get(state, 0) for state in (DigestState.PENDING, DigestState.FAILED, DigestState.SENT)}

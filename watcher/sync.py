@@ -15,12 +15,29 @@ from typing import Any
 
 from sqlmodel import Session
 
-from watcher import store as st
+from watcher.changes import Change, ChangeKind
+from watcher.clock import Clock, utcnow
 from watcher.config import Config, Watch
-from watcher.differ import Change, diff, get_path, nct_id_of
-from watcher.errors import Cancelled, RegistryError
+from watcher.differ import diff, get_path, nct_id_of
+from watcher.errors import Cancelled
 from watcher.models import SyncRun
 from watcher.registry import Listed, Registry
+from watcher.states import RunKind, RunOutcome
+from watcher.store import (
+    Store,
+    add_change,
+    forget_watches,
+    last_good_sync,
+    load_records,
+    memberships,
+    replace_memberships,
+    save_records,
+    set_watch_state,
+    stored_last_updates,
+    study_rows,
+    watch_states,
+    watches_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +57,7 @@ class WatchReport:
 
 @dataclass
 class SyncReport:
-    outcome: str  # ok | unchanged
+    outcome: RunOutcome  # OK or UNCHANGED
     data_timestamp: str
     previous_timestamp: str | None
     requests: int = 0
@@ -65,10 +82,10 @@ class _Members:
 
 def run_sync(
     config: Config,
-    store: st.Store,
+    store: Store,
     registry: Registry,
     progress: Progress | None = None,
-    clock: Callable[[], datetime] = st.utcnow,
+    clock: Clock = utcnow,
 ) -> SyncReport:
     """Poll every watch once. Raises RegistryError (nothing stored) when the registry fails."""
     started = time.monotonic()
@@ -76,18 +93,17 @@ def run_sync(
     try:
         stamp = registry.data_timestamp()
         with store.read() as session:
-            last = st.last_good_sync(session)
+            last = last_good_sync(session)
         previous = last.data_timestamp if last else None
         if last and previous == stamp and last.watches_fingerprint == config.watches_fingerprint:
-            report = SyncReport("unchanged", stamp, previous)
+            report = SyncReport(RunOutcome.UNCHANGED, stamp, previous)
             return _finish(store, registry, report, config.watches_fingerprint, started, started_at, clock)
 
         listed, members, missing = _list_members(config.watches, registry)
-        report = SyncReport("ok", stamp, previous)
+        report = SyncReport(RunOutcome.OK, stamp, previous)
         with store.write() as session:
             run = _new_run(session, started_at, stamp, config.watches_fingerprint)
             report.run_id = run.id
-            st.ensure_subscriber_states(session, config, run.started_at)
             _apply_sync(session, config.watches, listed, members, missing, registry, report, progress, clock)
             _close_run(session, run, report, registry, clock)
         report.seconds = time.monotonic() - started
@@ -100,13 +116,13 @@ def run_sync(
 
 
 def _finish(
-    store: st.Store,
+    store: Store,
     registry: Registry,
     report: SyncReport,
     fingerprint: str,
     started: float,
     started_at: datetime,
-    clock: Callable[[], datetime],
+    clock: Clock,
 ) -> SyncReport:
     with store.write() as session:
         run = _new_run(session, started_at, report.data_timestamp, fingerprint)
@@ -117,7 +133,7 @@ def _finish(
 
 
 def _new_run(
-    session: Session, started_at: datetime, stamp: str | None, fingerprint: str | None, kind: str = "sync"
+    session: Session, started_at: datetime, stamp: str | None, fingerprint: str | None, kind: RunKind = RunKind.SYNC
 ) -> SyncRun:
     run = SyncRun(kind=kind, started_at=started_at, data_timestamp=stamp, watches_fingerprint=fingerprint)
     session.add(run)
@@ -130,7 +146,7 @@ def _close_run(
     run: SyncRun,
     report: SyncReport,
     registry: Registry,
-    clock: Callable[[], datetime],
+    clock: Clock,
 ) -> None:
     report.requests, report.bytes = registry.traffic.requests, registry.traffic.bytes
     run.outcome = report.outcome
@@ -142,12 +158,12 @@ def _close_run(
 
 
 def _record_failure(
-    store: st.Store,
+    store: Store,
     registry: Registry,
     started_at: datetime,
     exc: Exception,
-    clock: Callable[[], datetime],
-    kind: str = "sync",
+    clock: Clock,
+    kind: RunKind = RunKind.SYNC,
 ) -> None:
     """Note the failed run (after the sync's own transaction was rolled back)."""
     try:
@@ -157,7 +173,7 @@ def _record_failure(
                     kind=kind,
                     started_at=started_at,
                     finished_at=clock(),
-                    outcome="failed",
+                    outcome=RunOutcome.FAILED,
                     requests=registry.traffic.requests,
                     bytes=registry.traffic.bytes,
                     error=str(exc)[:500],
@@ -204,15 +220,15 @@ def _apply_sync(
     registry: Registry,
     report: SyncReport,
     progress: Progress | None,
-    clock: Callable[[], datetime],
+    clock: Clock,
 ) -> None:
     now = clock()
-    states = st.watch_states(session)
+    states = watch_states(session)
     baseline = {w.name for w in watches if w.name not in states or states[w.name].fingerprint != w.fingerprint}
-    before = {w.name: st.memberships(session, w.name) for w in watches}
+    before = {w.name: memberships(session, w.name) for w in watches}
     after = {w.name: members[w.name].flags() for w in watches}
 
-    stored = st.stored_last_updates(session, listed)
+    stored = stored_last_updates(session, listed)
     to_fetch = [n for n, item in listed.items() if n not in stored or stored[n] != item.last_update]
     log.debug("%d studies listed, %d to fetch", len(listed), len(to_fetch))
 
@@ -226,7 +242,7 @@ def _apply_sync(
     if progress:
         progress(0, len(to_fetch))
     for page in registry.fetch(to_fetch):
-        old_records = st.load_records(session, (nct_id_of(r) or "" for r in page))
+        old_records = load_records(session, (nct_id_of(r) or "" for r in page))
         changed: set[str] = set()
         for record in page:
             nct_id = nct_id_of(record) or ""
@@ -235,7 +251,7 @@ def _apply_sync(
             fetched.add(nct_id)
             if changes:
                 changed.add(nct_id)
-        st.save_records(session, page, report.data_timestamp, now, changed)
+        save_records(session, page, report.data_timestamp, now, changed)
         if progress:
             progress(len(fetched), len(to_fetch))
     report.fetched = len(fetched)
@@ -246,17 +262,17 @@ def _apply_sync(
         wr.updated = sum(1 for n in fetched if n in before[name] and n in after[name])
         if name not in baseline:
             for nct_id in sorted(set(after[name]) - set(before[name])):
-                st.add_change(session, Change(nct_id, "new_study", None), [name], now, report.run_id)
+                add_change(session, Change(nct_id, ChangeKind.NEW_STUDY), [name], now, report.run_id)
                 wr.new += 1
             for nct_id, row in sorted(before[name].items()):
                 if nct_id not in after[name] and row.by_search and not row.by_id:
-                    st.add_change(session, Change(nct_id, "left_search", None), [name], now, report.run_id)
+                    add_change(session, Change(nct_id, ChangeKind.LEFT_SEARCH), [name], now, report.run_id)
                     wr.left += 1
             report.changes += wr.new + wr.left
-        st.replace_memberships(session, name, after[name], now)
-        st.set_watch_state(session, name, watch.fingerprint, now)
+        replace_memberships(session, name, after[name], now)
+        set_watch_state(session, name, watch.fingerprint, now)
         report.watches.append(wr)
-    st.forget_watches(session, [w.name for w in watches])
+    forget_watches(session, [w.name for w in watches])
 
 
 def record_changes(
@@ -274,7 +290,7 @@ def record_changes(
     """
     changes = diff(old, record) if old is not None else []
     for change in changes:
-        st.add_change(session, change, watches, now, run_id)
+        add_change(session, change, watches, now, run_id)
     return changes
 
 
@@ -302,10 +318,10 @@ class CheckReport:
 
 def run_check(
     config: Config,
-    store: st.Store,
+    store: Store,
     registry: Registry,
     nct_ids: Iterable[str],
-    clock: Callable[[], datetime] = st.utcnow,
+    clock: Clock = utcnow,
 ) -> CheckReport:
     """Fetch the given trials now and record their changes as a sync would."""
     requested = list(dict.fromkeys(nct_ids))
@@ -316,44 +332,46 @@ def run_check(
         for record in records:
             aliases = get_path(record, ("protocolSection", "identificationModule", "nctIdAliases")) or []
             for key in (nct_id_of(record), *aliases):
-                if key in requested:
+                if key and key in requested:
                     by_request[key] = record
         checked: list[CheckedStudy] = []
         with store.write() as session:
-            run = _new_run(session, started_at, None, None, kind="check")
+            run = _new_run(session, started_at, None, None, kind=RunKind.CHECK)
             now = clock()
             ids = [nct_id_of(r) or "" for r in by_request.values()]
-            old_records = st.load_records(session, ids)
-            rows = st.study_rows(session, ids)
-            states = st.watch_states(session)
-            member_of = st.watches_of(session, ids)
+            old_records = load_records(session, ids)
+            rows = study_rows(session, ids)
+            states = watch_states(session)
+            member_of = watches_of(session, ids)
             done: set[str] = set()
             for asked in requested:
-                record = by_request.get(asked)
-                if record is None:
+                fetched = by_request.get(asked)
+                if fetched is None:
                     continue
-                nct_id = nct_id_of(record) or asked
+                nct_id = nct_id_of(fetched) or asked
                 watches = [w for w in member_of.get(nct_id, []) if w in states]
                 changes = (
                     []
                     if nct_id in done
-                    else record_changes(session, record, old_records.get(nct_id), watches, now, run.id)
+                    else record_changes(session, fetched, old_records.get(nct_id), watches, now, run.id)
                 )
                 done.add(nct_id)
                 row = rows.get(nct_id)
                 checked.append(
-                    CheckedStudy(asked, nct_id, record, changes, row is None, row.checked_at if row else None, watches)
+                    CheckedStudy(asked, nct_id, fetched, changes, row is None, row.checked_at if row else None, watches)
                 )
             changed = {c.nct_id for c in checked if c.changes}
-            st.save_records(session, list({nct_id_of(r): r for r in by_request.values()}.values()), None, now, changed)
-            run.outcome = "ok"
+            save_records(session, list({nct_id_of(r): r for r in by_request.values()}.values()), None, now, changed)
+            run.outcome = RunOutcome.OK
             run.finished_at = clock()
             run.requests, run.bytes = registry.traffic.requests, registry.traffic.bytes
             run.studies = len(checked)
             run.changes = sum(len(c.changes) for c in checked)
             session.add(run)
-    except RegistryError as exc:
-        _record_failure(store, registry, started_at, exc, clock, kind="check")
+    except Cancelled:
+        raise
+    except Exception as exc:
+        _record_failure(store, registry, started_at, exc, clock, kind=RunKind.CHECK)
         raise
     missing = [n for n in requested if n not in by_request]
     return CheckReport(checked, missing, registry.traffic.requests, registry.traffic.bytes)

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from watcher.config import WEEKDAYS, ScheduleSettings
+from watcher.config import WEEKDAYS, Frequency, ScheduleSettings
 
 
-def current_slot(now: datetime, frequency: str, schedule: ScheduleSettings) -> datetime | None:
+def _at(day: date, clock: time, zone: ZoneInfo) -> datetime:
+    # fold=0: on the night the clocks go back, a time that happens twice is its first occurrence,
+    # so that day still has one slot; a time skipped when they go forward falls an hour later.
+    return datetime.combine(day, clock, tzinfo=zone).astimezone(UTC)
+
+
+def current_slot(now: datetime, frequency: Frequency, schedule: ScheduleSettings) -> datetime | None:
     """The latest digest time at or before `now` (UTC), or None for `immediate`."""
-    if frequency == "immediate":
+    if frequency is Frequency.IMMEDIATE:
         return None
-    local = now.astimezone(ZoneInfo(schedule.timezone))
+    zone = ZoneInfo(schedule.timezone)
     hour, minute = (int(p) for p in schedule.digest_time.split(":"))
-    slot = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if frequency == "weekly":
-        slot -= timedelta(days=(local.weekday() - WEEKDAYS.index(schedule.weekly_day)) % 7)
-    if slot > local:
-        slot -= timedelta(days=7 if frequency == "weekly" else 1)
-    return slot.astimezone(UTC)
+    clock = time(hour, minute)
+    step = timedelta(days=7 if frequency is Frequency.WEEKLY else 1)
+    day = now.astimezone(zone).date()
+    if frequency is Frequency.WEEKLY:
+        day -= timedelta(days=(day.weekday() - WEEKDAYS.index(schedule.weekly_day)) % 7)
+    slot = _at(day, clock, zone)
+    return slot if slot <= now else _at(day - step, clock, zone)
 
 
-def is_due(now: datetime, frequency: str, schedule: ScheduleSettings, last_slot: datetime | None) -> bool:
+def is_due(now: datetime, frequency: Frequency, schedule: ScheduleSettings, last_slot: datetime | None) -> bool:
     slot = current_slot(now, frequency, schedule)
     return slot is None or last_slot is None or last_slot < slot

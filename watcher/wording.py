@@ -1,59 +1,65 @@
-"""Pure: the human words for changes and study facts, shared by the CLI and the digests."""
+"""Pure: the human words for changes and study facts, shared by the CLI and the digests.
+
+A worded change is a `Line`: its words plus the structured facts it was made from (kind,
+path, old and new value, category, rank). Subjects, quotes and ordering are built from
+those facts, never from the words, so that rewording a sentence cannot change what a
+digest says.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
+from watcher.changes import Category, Change, ChangeKind
 from watcher.differ import get_path
 from watcher.fields import (
+    DATE_STRUCTS,
     DATE_TYPE_LABELS,
+    ENROLLMENT_COUNT,
+    ENROLLMENT_TYPE,
     FIELDS_BY_PATH,
+    HAS_RESULTS,
     LOCATIONS_PATH,
+    OVERALL_STATUS,
+    PHASES,
+    RESULTS_FIRST_POSTED,
+    SITE_STATUS_PATH,
     STOPPED_STATUSES,
-    category_of,
+    WHY_STOPPED,
+    classify,
     phases_label,
-    rank_of,
     status_label,
 )
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_S = "protocolSection.statusModule"
-_DATE_STRUCTS = {
-    f"{_S}.startDateStruct": "Start",
-    f"{_S}.primaryCompletionDateStruct": "Primary completion",
-    f"{_S}.completionDateStruct": "Completion",
-}
-
-
-class ChangeLike(Protocol):
-    @property
-    def kind(self) -> str: ...
-    @property
-    def field(self) -> str | None: ...
-    @property
-    def old(self) -> Any: ...
-    @property
-    def new(self) -> Any: ...
-    @property
-    def site(self) -> dict[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
 class Line:
-    """One worded change: what a reader sees, and where it sorts."""
+    """One worded change: what a reader sees, what it is about, and where it sorts."""
 
     text: str
-    category: str
+    kind: ChangeKind
+    path: str | None
+    old: Any
+    new: Any
+    category: Category
     rank: int
     quote: str | None = None  # e.g. the reason a study stopped, shown quoted
 
+    @property
+    def is_status(self) -> bool:
+        return self.kind is ChangeKind.CHANGED and self.path == OVERALL_STATUS
 
-def partial_date(value: str | None) -> str:
-    """'2019-12' → 'Dec 2019', '2012-11-16' → '16 Nov 2012', '2019' → '2019'."""
+
+def partial_date(value: object) -> str:
+    """'2019-12' → 'Dec 2019', '2012-11-16' → '16 Nov 2012', '2019' → '2019'; anything else as it is."""
     if not value:
         return "no date"
+    if not isinstance(value, str):
+        return str(value)
     parts = value.split("-")
     try:
         if len(parts) == 1:
@@ -74,9 +80,9 @@ def _months(value: str) -> int | None:
         return None
 
 
-def shift(old: str | None, new: str | None) -> str:
+def shift(old: object, new: object) -> str:
     """'9 months later', '2 years earlier', or '' when it cannot be told."""
-    if not old or not new or len(old.split("-")) < 2 or len(new.split("-")) < 2:
+    if not isinstance(old, str) or not isinstance(new, str) or "-" not in old or "-" not in new:
         return ""
     a, b = _months(old), _months(new)
     if a is None or b is None or a == b:
@@ -86,58 +92,29 @@ def shift(old: str | None, new: str | None) -> str:
     return f"{size} {'later' if b > a else 'earlier'}"
 
 
-def site_name(site: dict[str, Any] | None) -> str:
+def site_name(site: Mapping[str, Any] | None) -> str:
     if not site:
         return "a site"
     parts = [site.get("facility"), site.get("city"), site.get("country")]
     return ", ".join(str(p) for p in parts if p) or "a site"
 
 
-def _date_type(value: str | None) -> str:
-    return DATE_TYPE_LABELS.get(value or "", "")
+def _date_type(value: object) -> str:
+    return DATE_TYPE_LABELS.get(value, "") if isinstance(value, str) else ""
 
 
-def _dated(date: str | None, kind: str | None) -> str:
+def _dated(date: object, kind: object) -> str:
     label = _date_type(kind)
     return f"{partial_date(date)} ({label})" if label else partial_date(date)
 
 
-def _field_text(change: ChangeLike) -> tuple[str, str | None]:
-    path, old, new = change.field or "", change.old, change.new
-    label = FIELDS_BY_PATH[path].label if path in FIELDS_BY_PATH else path
-    if path == f"{_S}.overallStatus":
-        quote = None
-        return f"Status: {status_label(old)} → {status_label(new)}", quote
-    if path == f"{_S}.whyStopped":
-        return ("Reason for stopping given" if new else "Reason for stopping removed"), new
-    if path == "hasResults":
-        return ("Results posted" if new else "Results no longer shown"), None
-    if path == f"{_S}.resultsFirstPostDateStruct.date":
-        return f"Results first posted {partial_date(new)}", None
-    for struct, name in _DATE_STRUCTS.items():
-        if path == f"{struct}.date":
-            if old and new:
-                moved = shift(old, new)
-                return f"{name} moved from {partial_date(old)} to {partial_date(new)}" + (
-                    f" ({moved})" if moved else ""
-                ), None
-            return f"{name}: {partial_date(old)} → {partial_date(new)}", None
-        if path == f"{struct}.type":
-            return f"{name} date is now {_date_type(new) or 'untyped'} (was {_date_type(old) or 'untyped'})", None
-    if path.endswith("enrollmentInfo.count"):
-        return f"Enrollment: {_count(old)} → {_count(new)}", None
-    if path.endswith("enrollmentInfo.type"):
-        return f"Enrollment is now {_date_type(new) or 'untyped'} (was {_date_type(old) or 'untyped'})", None
-    if path.endswith("designModule.phases"):
-        return f"Phase: {phases_label(old)} → {phases_label(new)}", None
-    return f"{label}: {_plain(old)} → {_plain(new)}", None
+def _count(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return "none" if value is None else str(value)
 
 
-def _count(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) else "none"
-
-
-def _plain(value: Any) -> str:
+def _plain(value: object) -> str:
     if value is None:
         return "none"
     if isinstance(value, list):
@@ -145,79 +122,120 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-def describe(change: ChangeLike) -> Line:
-    """One change in words."""
-    category, rank = category_of(change.field, change.kind), rank_of(change.field, change.kind)
-    if change.kind == "new_study":
-        return Line("New trial matching the search", category, rank)
-    if change.kind == "left_search":
-        return Line("No longer matches the search", category, rank)
-    if change.field == LOCATIONS_PATH and change.kind == "added":
-        status = (change.site or {}).get("status")
-        what = "New site recruiting" if status == "RECRUITING" else "New site"
-        return Line(f"{what}: {site_name(change.site)}", category, rank)
-    if change.field == LOCATIONS_PATH and change.kind == "removed":
-        return Line(f"Site removed: {site_name(change.site)}", category, rank + 2)
-    if change.field == f"{LOCATIONS_PATH}.status":
+def _type_words(name: str, change: Change) -> str:
+    return f"{name} is now {_date_type(change.new) or 'untyped'} (was {_date_type(change.old) or 'untyped'})"
+
+
+def _date_words(name: str, change: Change) -> str:
+    if change.old and change.new:
+        moved = shift(change.old, change.new)
+        return f"{name} moved from {partial_date(change.old)} to {partial_date(change.new)}" + (
+            f" ({moved})" if moved else ""
+        )
+    return f"{name}: {partial_date(change.old)} → {partial_date(change.new)}"
+
+
+def _field_words(change: Change) -> str:
+    path = change.path or ""
+    if path == OVERALL_STATUS:
+        return f"Status: {status_label(change.old)} → {status_label(change.new)}"
+    if path == WHY_STOPPED:
+        return "Reason for stopping given" if change.new else "Reason for stopping removed"
+    if path == HAS_RESULTS:
+        return "Results posted" if change.new else "Results no longer shown"
+    if path == RESULTS_FIRST_POSTED:
+        return f"Results first posted {partial_date(change.new)}"
+    struct, _, leaf = path.rpartition(".")
+    if struct in DATE_STRUCTS:
+        return (_date_words if leaf == "date" else _type_words)(DATE_STRUCTS[struct], change)
+    if path == ENROLLMENT_COUNT:
+        return f"Enrollment: {_count(change.old)} → {_count(change.new)}"
+    if path == ENROLLMENT_TYPE:
+        return _type_words("Enrollment", change)
+    if path == PHASES:
+        return f"Phase: {phases_label(change.old)} → {phases_label(change.new)}"
+    label = FIELDS_BY_PATH[path].label if path in FIELDS_BY_PATH else path
+    return f"{label}: {_plain(change.old)} → {_plain(change.new)}"
+
+
+def _words(change: Change) -> str:
+    if change.kind is ChangeKind.NEW_STUDY:
+        return "New trial matching the search"
+    if change.kind is ChangeKind.LEFT_SEARCH:
+        return "No longer matches the search"
+    if change.kind is ChangeKind.ADDED and change.path == LOCATIONS_PATH:
+        recruiting = (change.site or {}).get("status") == "RECRUITING"
+        return f"{'New site recruiting' if recruiting else 'New site'}: {site_name(change.site)}"
+    if change.kind is ChangeKind.REMOVED and change.path == LOCATIONS_PATH:
+        return f"Site removed: {site_name(change.site)}"
+    if change.path == SITE_STATUS_PATH:
         if change.new == "RECRUITING":
-            text = f"Site now recruiting: {site_name(change.site)}"
-        else:
-            now, was = status_label(change.new).lower(), status_label(change.old).lower()
-            text = f"Site {now}: {site_name(change.site)} (was {was})"
-        return Line(text, category, rank + 1)
-    text, quote = _field_text(change)
-    return Line(text, category, rank, quote)
+            return f"Site now recruiting: {site_name(change.site)}"
+        now, was = status_label(change.new).lower(), status_label(change.old).lower()
+        return f"Site {now}: {site_name(change.site)} (was {was})"
+    return _field_words(change)
 
 
-def describe_all(changes: Sequence[ChangeLike]) -> list[Line]:
+def describe(change: Change) -> Line:
+    """One change in words."""
+    category, rank = classify(change.kind, change.path)
+    return Line(_words(change), change.kind, change.path, change.old, change.new, category, rank)
+
+
+# --- changes that read as one line ------------------------------------------------------------
+# A change whose companion changed in the same batch is worded together with it; the companion
+# then has no line of its own. Each rule: (main path, companion path, when, the combined line).
+
+Rule = Callable[[Line, Change], Line | None]
+
+
+def _date_with_type(struct: str) -> Rule:
+    def combine(line: Line, kind: Change) -> Line:
+        old, new = _dated(line.old, kind.old), _dated(line.new, kind.new)
+        moved = shift(line.old, line.new)
+        return replace(line, text=f"{DATE_STRUCTS[struct]}: {old} → {new}" + (f", {moved}" if moved else ""))
+
+    return combine
+
+
+def _results_with_date(line: Line, first_posted: Change) -> Line | None:
+    if line.new is not True or not first_posted.new:
+        return None
+    return replace(line, text=f"Results posted on {partial_date(first_posted.new)}")
+
+
+def _status_with_reason(line: Line, reason: Change) -> Line | None:
+    if not reason.new or line.new not in STOPPED_STATUSES:
+        return None
+    return replace(line, quote=str(reason.new))
+
+
+COMPANIONS: tuple[tuple[str, str, Rule], ...] = (
+    *((f"{struct}.date", f"{struct}.type", _date_with_type(struct)) for struct in DATE_STRUCTS),
+    (HAS_RESULTS, RESULTS_FIRST_POSTED, _results_with_date),
+    (OVERALL_STATUS, WHY_STOPPED, _status_with_reason),
+)
+
+
+def describe_all(changes: Sequence[Change]) -> list[Line]:
     """All changes of one study in words, most important first.
 
-    A date and its ACTUAL/ESTIMATED type changing together read as one line:
-    "Completion: Jan 2020 (estimated) → Dec 2019 (actual)". A stop reason is quoted on the
-    status line it explains.
+    A date and its ACTUAL/ESTIMATED type changing together read as one line ("Completion:
+    Jan 2020 (estimated) → Dec 2019 (actual)"); results posted with their date read as one;
+    a stop reason is quoted on the status line it explains.
     """
-    by_field = {c.field: c for c in changes if c.kind == "changed"}
-    lines: list[Line] = []
-    skip: set[int] = set()
-    for i, change in enumerate(changes):
-        if i in skip:
+    fields = {c.path: c for c in changes if c.kind is ChangeKind.CHANGED}
+    lines = {id(c): describe(c) for c in changes}
+    absorbed: set[int] = set()
+    for main_path, companion_path, rule in COMPANIONS:
+        main, companion = fields.get(main_path), fields.get(companion_path)
+        if main is None or companion is None:
             continue
-        struct = (change.field or "").rsplit(".", 1)[0]
-        if change.kind == "changed" and struct in _DATE_STRUCTS and change.field == f"{struct}.date":
-            kind = by_field.get(f"{struct}.type")
-            if kind is not None:
-                skip.add(changes.index(kind))
-                old, new = _dated(change.old, kind.old), _dated(change.new, kind.new)
-                moved = shift(change.old, change.new)
-                lines.append(
-                    Line(
-                        f"{_DATE_STRUCTS[struct]}: {old} → {new}" + (f", {moved}" if moved else ""),
-                        "dates",
-                        rank_of(change.field, "changed"),
-                    )
-                )
-                continue
-        if change.kind == "changed" and change.field == f"{struct}.type" and f"{struct}.date" in by_field:
-            continue
-        lines.append(describe(change))
-    posted, first_posted = by_field.get("hasResults"), by_field.get(f"{_S}.resultsFirstPostDateStruct.date")
-    if posted is not None and posted.new is True and first_posted is not None and first_posted.new:
-        lines = [line for line in lines if not line.text.startswith("Results first posted")]
-        lines = [
-            Line(f"Results posted on {partial_date(first_posted.new)}", line.category, line.rank)
-            if line.text == "Results posted"
-            else line
-            for line in lines
-        ]
-    status = by_field.get(f"{_S}.overallStatus")
-    reason = by_field.get(f"{_S}.whyStopped")
-    if status is not None and reason is not None and reason.new and status.new in STOPPED_STATUSES:
-        lines = [
-            Line(line.text, line.category, line.rank, reason.new) if line.text.startswith("Status:") else line
-            for line in lines
-            if not line.text.startswith("Reason for stopping")
-        ]
-    return sorted(lines, key=lambda line: line.rank)
+        combined = rule(lines[id(main)], companion)
+        if combined is not None:
+            lines[id(main)] = combined
+            absorbed.add(id(companion))
+    return sorted((line for key, line in lines.items() if key not in absorbed), key=lambda line: line.rank)
 
 
 # --- study facts ---------------------------------------------------------------------------
@@ -261,7 +279,7 @@ def status_of(record: Mapping[str, Any]) -> str:
     return status_label(get_path(record, ("protocolSection", "statusModule", "overallStatus")))
 
 
-def facts(record: dict[str, Any]) -> Facts:
+def facts(record: Mapping[str, Any]) -> Facts:
     """The key facts of a study record, in words."""
     status_module = get_path(record, ("protocolSection", "statusModule")) or {}
     nct_id = get_path(record, ("protocolSection", "identificationModule", "nctId")) or "?"
@@ -287,7 +305,7 @@ def facts(record: dict[str, Any]) -> Facts:
         if value
     ]
     locations = get_path(record, ("protocolSection", "contactsLocationsModule", "locations")) or []
-    countries = sorted({loc.get("country") for loc in locations if isinstance(loc, dict) and loc.get("country")})
+    countries = sorted({str(loc["country"]) for loc in locations if isinstance(loc, dict) and loc.get("country")})
     if len(locations) == 1:
         sites = "1 · " + ", ".join(p for p in (locations[0].get("city"), locations[0].get("country")) if p)
     elif locations:

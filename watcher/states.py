@@ -1,0 +1,23 @@
+"""The closed sets of states the store records (stored as their string values)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RunKind(StrEnum):
+    SYNC = "sync"
+    CHECK = "check"
+
+
+class RunOutcome(StrEnum):
+    RUNNING = "running"
+    OK = "ok"
+    UNCHANGED = "unchanged"  # the registry's dataTimestamp had not moved: one request, nothing else
+    FAILED = "failed"
+
+
+class DigestState(StrEnum):
+    PENDING = "pending"  # queued: not yet accepted by the mail server (new, or deferred)
+    SENT = "sent"
+    FAILED = "failed"  # refused for good; `digest send --retry-failed` queues it again
