@@ -207,12 +207,17 @@ def test_a_database_that_is_not_ours_is_one_line(config_file: Path, run: Runner)
     assert result.stderr == f"error: {db}: cannot open the database (file is not a database)\n"
 
 
-def test_a_database_from_a_newer_version_is_refused(config_file: Path, run: Runner) -> None:
+def test_a_database_from_a_newer_version_is_refused_and_left_untouched(config_file: Path, run: Runner) -> None:
     import sqlite3
 
-    run("changes")
-    with sqlite3.connect(config_file.parent / "watcher.db") as conn:
-        assert conn.execute("pragma user_version").fetchone() == (1,)
-        conn.execute("pragma user_version = 99")
+    run("sync")
+    path = config_file.parent / "watcher.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("update alembic_version set version_num = '9999'")
+    before = dump_db(path)
     result = run("sync", code=1)
-    assert "this database was written by a newer trial watcher (schema 99, this one knows 1)" in result.stderr
+    assert result.stderr == (
+        f"error: {path}: this database was written by a newer trial watcher (revision 9999; "
+        "this one knows up to 0002); upgrade trial watcher to use it\n"
+    )
+    assert dump_db(path) == before and not list(path.parent.glob("*.bak-*"))

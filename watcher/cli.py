@@ -49,13 +49,23 @@ class App:
             self._config = load_config(self.config_arg)
         return self._config
 
-    @property
-    def store(self) -> Store:
+    def open_store(self, writing: bool) -> Store:
         if self._store is None:
+            from watcher.db import database_of
             from watcher.store import Store
 
-            self._store = Store(self.config.database_path)
+            self._store = Store(database_of(self.config), writing=writing)
         return self._store
+
+    @property
+    def store(self) -> Store:
+        """The store for a command that writes (on SQLite it upgrades an older schema first)."""
+        return self.open_store(writing=True)
+
+    @property
+    def reader(self) -> Store:
+        """The store for a command that only reads."""
+        return self.open_store(writing=False)
 
     def registry(self) -> Registry:
         from watcher.registry import Registry
@@ -269,9 +279,9 @@ def changes(app: App, since: str | None, watch_names: tuple[str, ...], nct_ids: 
     config = app.config
     for name in watch_names:
         config.watch(name)
-    with app.store.read() as session:
+    with app.reader.read() as session:
         found = query_changes(session, since=moment, watches=list(watch_names) or None, nct_ids=ids or None)
-    titles = _titles(app.store, sorted({c.nct_id for c in found}))
+    titles = _titles(app.reader, sorted({c.nct_id for c in found}))
     if as_json:
         _print_json([present.change_json(c, titles) for c in found])
         return
@@ -291,7 +301,7 @@ def show(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
     from watcher.store import load_records, study_rows, watches_of
 
     ids = _nct_ids(nct_ids)
-    with app.store.read() as session:
+    with app.reader.read() as session:
         records = load_records(session, ids)
         rows = study_rows(session, ids)
         member_of = watches_of(session, ids)
@@ -332,7 +342,7 @@ def history(app: App, nct_id: str, as_json: bool) -> None:
     from watcher.store import query_changes, study_rows
 
     [nct] = _nct_ids([nct_id])
-    with app.store.read() as session:
+    with app.reader.read() as session:
         row = study_rows(session, [nct]).get(nct)
         found = query_changes(session, nct_ids=[nct])
     if row is None and not found:
@@ -364,15 +374,20 @@ def digest() -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would be sent; send and mark nothing.")
 @click.option("--all", "everyone", is_flag=True, help="Treat every subscriber as due, whatever their frequency.")
 @click.option("--retry-failed", is_flag=True, help="Queue digests the mail server refused for another try.")
+@click.option(
+    "--workers", type=click.IntRange(1, 32), default=1, show_default=True, metavar="N",
+    help="Send over N connections to the mail server at once.",
+)  # fmt: skip
 @click.pass_obj
-def digest_send(app: App, dry_run: bool, everyone: bool, retry_failed: bool) -> None:
+def digest_send(app: App, dry_run: bool, everyone: bool, retry_failed: bool, workers: int) -> None:
     """Build and send every due digest, and retry the ones still queued.
 
     `immediate` subscribers are due whenever there are undelivered changes; `daily` and
     `weekly` ones at [schedule] digest_time. Exit 1 when any digest did not go out.
     """
-    from watcher.delivery import SendStatus, send_due
-    from watcher.delivery import retry_failed as requeue
+    from watcher.delivery import send_due
+    from watcher.outbox import SendStatus
+    from watcher.outbox import retry_failed as requeue
 
     config, store = app.config, app.store
     if not config.subscribers:
@@ -381,7 +396,7 @@ def digest_send(app: App, dry_run: bool, everyone: bool, retry_failed: bool) -> 
     if retry_failed and not dry_run:
         count = requeue(store)
         echo(f"{present.plural(count, 'failed digest')} queued again.")
-    report = send_due(config, store, everyone=everyone, dry_run=dry_run)
+    report = send_due(config, store, everyone=everyone, dry_run=dry_run, workers=workers)
     if not report.outcomes:
         echo("No digest is due.")
         return
@@ -412,7 +427,7 @@ def digest_preview(app: App, email: str, html_file: str | None, text_only: bool)
     from watcher.clock import utcnow
     from watcher.delivery import preview
 
-    result = preview(app.config, app.store, email, utcnow())
+    result = preview(app.config, app.reader, email, utcnow())
     if result is None:
         echo(f"Nothing new for {email} since their last digest.")
         return
@@ -434,7 +449,7 @@ def subscribers(app: App, as_json: bool) -> None:
     from watcher.clock import iso
     from watcher.delivery import subscriber_statuses
 
-    statuses = subscriber_statuses(app.config, app.store)
+    statuses = subscriber_statuses(app.config, app.reader)
     if as_json:
         _print_json(
             [
@@ -506,8 +521,73 @@ def status(app: App, as_json: bool) -> None:
     """Recent syncs, the next scheduled runs, queued and failed digests, and the daemon."""
     from watcher.scheduler import status_report
 
-    report = status_report(app.store)
+    report = status_report(app.reader)
     if as_json:
         _print_json(report)
     else:
         echo(present.format_status(report))
+
+
+# --- the database ------------------------------------------------------------------------
+
+
+@cli.group("db")
+def db_group() -> None:
+    """The database: its schema version, upgrades, and moving to PostgreSQL."""
+
+
+@db_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object for scripts.")
+@click.pass_obj
+def db_status(app: App, as_json: bool) -> None:
+    """The database's schema revision, the newest this trial watcher knows, and what an upgrade would do."""
+    from watcher import db, schema
+
+    database = db.database_of(app.config)
+    engine = db.create(database)
+    try:
+        found = schema.status(engine, database)
+    finally:
+        engine.dispose()
+    if as_json:
+        _print_json(present.db_status_json(database.display, database.backend, found))
+    else:
+        echo(present.format_db_status(database.display, found))
+
+
+@db_group.command("upgrade")
+@click.pass_obj
+def db_upgrade(app: App) -> None:
+    """Bring the database's schema up to date (on SQLite, after a backup next to the file)."""
+    from watcher import db, schema
+
+    database = db.database_of(app.config)
+    engine = db.create(database)
+    try:
+        report = schema.upgrade(engine, database)
+    finally:
+        engine.dispose()
+    echo(present.format_upgrade(database.display, report))
+
+
+@db_group.command("copy")
+@click.argument("target_url", metavar="TARGET_URL")
+@click.option(
+    "--password-env", metavar="NAME", default="WATCHER_DB_PASSWORD", show_default=True,
+    help="Environment variable with the target's password (if it needs one).",
+)  # fmt: skip
+@click.pass_obj
+def db_copy(app: App, target_url: str, password_env: str) -> None:
+    """Copy every table into an empty PostgreSQL database (how an installation outgrows SQLite).
+
+    The target gets the current schema, then every row in one transaction; the counts are
+    compared before it commits. Then point [database] url at the target.
+    """
+    import os
+
+    from watcher import db
+    from watcher.dbcopy import copy_database
+
+    target = db.parse_database(target_url, password_env if os.environ.get(password_env) else None)
+    report = copy_database(app.store, target, progress=None)
+    echo(present.format_copy(report))

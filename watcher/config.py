@@ -142,6 +142,30 @@ def _env_name(value: str) -> str:
     return value
 
 
+_DATABASE_URL = re.compile(r"(?P<scheme>[a-z0-9+]+)://(?P<rest>.*)", re.IGNORECASE)
+_POSTGRES_SCHEMES = ("postgresql", "postgresql+psycopg", "postgres")
+
+
+def _database_url(value: str) -> str:
+    """`sqlite:///path` or `postgresql+psycopg://user@host/db`; a password never sits in the URL."""
+    match = _DATABASE_URL.fullmatch(value.strip())
+    scheme = match["scheme"].lower() if match else ""
+    if scheme == "sqlite":
+        if not match or not match["rest"].startswith("/") or len(match["rest"]) == 1:
+            raise ValueError(f'"{value}" is not a SQLite URL (like "sqlite:///watcher.db")')
+        return value.strip()
+    if scheme in _POSTGRES_SCHEMES and match:
+        userinfo = match["rest"].split("@", 1)[0] if "@" in match["rest"] else ""
+        if ":" in userinfo:
+            raise ValueError(
+                "holds a password: take it out of the URL and name the environment variable "
+                'that holds it in password_env (e.g. password_env = "WATCHER_DB_PASSWORD")'
+            )
+        return f"postgresql+psycopg://{match['rest']}"
+    shown = value if ":" not in value.split("@", 1)[0].partition("://")[2] else f"{scheme}://…"
+    raise ValueError(f'"{shown}" is not a database URL (sqlite:///FILE or postgresql+psycopg://USER@HOST/DB)')
+
+
 def parse_duration(value: str) -> int:
     """'30m', '6h', '1d', '1h30m' → seconds."""
     text = value.strip().lower()
@@ -225,7 +249,13 @@ class CtgovSettings:
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    url: str = "sqlite:///watcher.db"
+    url: str = field(default="sqlite:///watcher.db", metadata=_check(_database_url))
+    # the environment variable holding the PostgreSQL password (read when connecting, never stored)
+    password_env: str | None = field(default=None, metadata=_check(_env_name))
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite:")
 
 
 @dataclass(frozen=True)
@@ -335,7 +365,10 @@ class Config:
         return self.path.parent
 
     @property
-    def database_path(self) -> Path:
+    def database_path(self) -> Path | None:
+        """The SQLite file, or None for a server database."""
+        if not self.database.is_sqlite:
+            return None
         return resolve_sqlite_path(self.database.url, self.folder, self.path.name)
 
     @property
@@ -439,7 +472,8 @@ def parse_config(raw: dict[str, Any], path: Path, shown: str | None = None) -> C
         subscribers=subscribers,
         schedule=schedule,
     )
-    resolve_sqlite_path(config.database.url, path.parent, loader.filename)
+    if config.database.is_sqlite:
+        resolve_sqlite_path(config.database.url, path.parent, loader.filename)
     return config
 
 

@@ -11,66 +11,30 @@ last digest slot handled for them.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import re
 import threading
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import insert
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from watcher import models
 from watcher.changes import LoggedChange
 from watcher.clock import Clock, utcnow
 from watcher.config import Config, Frequency, Subscriber
 from watcher.digest import Digest, Rendered, build
-from watcher.errors import WatcherError
-from watcher.mailer import (
-    Deferred,
-    Rejected,
-    Transport,
-    build_message,
-    default_unsubscribe,
-    make_transport,
-    new_message_id,
-)
+from watcher.mailer import build_message, default_unsubscribe, make_transport, new_message_id
 from watcher.models import table_of
+from watcher.outbox import Outcome, SendStatus, send_pending
 from watcher.states import DigestState
 from watcher.store import Store, last_covered, load_records, query_changes
 from watcher.timing import current_slot, is_due
 
 log = logging.getLogger(__name__)
-
-# How long a second `digest send` waits for the one already sending before it gives up.
-SENDER_WAIT_S = 10.0
-
-
-class SendStatus(StrEnum):
-    SENT = "sent"
-    DEFERRED = "deferred"  # stays queued, retried later
-    FAILED = "failed"  # refused for good
-    QUEUED = "queued"  # stored, not tried yet
-    WOULD_SEND = "would-send"  # --dry-run
-
-
-@dataclass
-class Outcome:
-    email: str
-    status: SendStatus
-    subject: str
-    changes: int
-    detail: str = ""
-    digest_id: int | None = None
 
 
 @dataclass
@@ -85,43 +49,6 @@ class SendReport:
 
 def unsubscribe_link(config: Config) -> str:
     return config.mail.unsubscribe or default_unsubscribe(config.mail.from_)
-
-
-class SenderBusy(WatcherError):
-    """Another process is sending this database's digests."""
-
-
-@contextmanager
-def sending_lock(database: Path, wait_s: float = SENDER_WAIT_S) -> Iterator[None]:
-    """One sender at a time per database (the daemon and a one-off `digest send`).
-
-    An OS lock: it is released when its process ends, however it ends. A second sender
-    waits up to `wait_s` for the first, then says who holds it instead of blocking silently.
-    """
-    path = database.with_name(database.name + ".send.lock")
-    with path.open("a+") as handle:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    pid = handle.read().strip() or "unknown"
-                    raise SenderBusy(
-                        f"another process (pid {pid}) is sending digests for {database}; "
-                        "nothing was sent: try again when it is done"
-                    ) from None
-                time.sleep(0.1)
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(str(os.getpid()))
-            handle.flush()
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --- subscribers' state ----------------------------------------------------------------------
@@ -260,86 +187,25 @@ def persist(session: Session, config: Config, digest: Digest, rendered: Rendered
 # --- sending ---------------------------------------------------------------------------------
 
 
-def send_pending(
-    config: Config, store: Store, transport: Transport, clock: Clock, cancel: threading.Event | None = None
-) -> list[Outcome]:
-    """Try every pending digest once; one failing recipient does not stop the others."""
-    outbox = models.OutboxMessage
-    with store.read() as session:
-        pending = session.exec(
-            select(outbox.id, outbox.email, outbox.subject, outbox.changes)
-            .where(outbox.status == DigestState.PENDING)
-            .order_by(col(outbox.id))
-        ).all()
-    outcomes: list[Outcome] = []
-    with transport:
-        for digest_id, email, subject, changes in pending:
-            assert digest_id is not None
-            if cancel is not None and cancel.is_set():
-                break
-            with store.read() as session:
-                row = session.get(outbox, digest_id)
-                if row is None or row.status != DigestState.PENDING:  # another sender got there first
-                    continue
-                message, created = row.message, row.created_at
-            name = f"{created:%Y%m%dT%H%M%SZ}-{digest_id:06d}-{re.sub(r'[^A-Za-z0-9@._-]', '_', email)}"
-            try:
-                transport.send(message, config.mail.from_, email, name)
-            except Rejected as exc:
-                _mark(store, digest_id, DigestState.FAILED, str(exc), None)
-                outcomes.append(Outcome(email, SendStatus.FAILED, subject, changes, str(exc), digest_id))
-                log.warning("digest %d to %s failed: %s", digest_id, email, exc)
-            except Deferred as exc:
-                _mark(store, digest_id, DigestState.PENDING, str(exc), None)
-                outcomes.append(Outcome(email, SendStatus.DEFERRED, subject, changes, str(exc), digest_id))
-                log.warning("digest %d to %s deferred: %s", digest_id, email, exc)
-            else:
-                _mark(store, digest_id, DigestState.SENT, None, clock())
-                outcomes.append(Outcome(email, SendStatus.SENT, subject, changes, "", digest_id))
-                log.info("digest %d sent to %s (%d change%s)", digest_id, email, changes, "" if changes == 1 else "s")
-    return outcomes
-
-
-def _mark(store: Store, digest_id: int, state: DigestState, error: str | None, sent_at: datetime | None) -> None:
-    with store.write() as session:
-        row = session.get(models.OutboxMessage, digest_id)
-        assert row is not None
-        row.status = state
-        row.attempts += 1
-        row.last_error = error
-        row.sent_at = sent_at
-        session.add(row)
-
-
-def retry_failed(store: Store) -> int:
-    outbox = models.OutboxMessage
-    with store.write() as session:
-        rows = session.exec(select(outbox).where(outbox.status == DigestState.FAILED)).all()
-        for row in rows:
-            row.status = DigestState.PENDING
-            session.add(row)
-        return len(rows)
-
-
 def send_due(
     config: Config,
     store: Store,
     clock: Clock = utcnow,
     everyone: bool = False,
     dry_run: bool = False,
-    transport: Transport | None = None,
     cancel: threading.Event | None = None,
-    wait_s: float = SENDER_WAIT_S,
+    workers: int = 1,
 ) -> SendReport:
-    """Queue every due digest, then send everything queued (including earlier deferrals)."""
-    transport = transport or make_transport(config)
-    report = SendReport(transport=transport.description)
-    with sending_lock(store.path, wait_s):
-        queued = queue_due(config, store, clock(), everyone=everyone, dry_run=dry_run)
-        if dry_run:
-            report.outcomes = queued
-            return report
-        report.outcomes = send_pending(config, store, transport, clock, cancel)
+    """Queue every due digest, then send everything queued (including earlier deferrals).
+
+    Other senders may run at the same time (see `watcher.outbox`): each message goes out once.
+    """
+    report = SendReport(transport=make_transport(config).description)
+    queued = queue_due(config, store, clock(), everyone=everyone, dry_run=dry_run)
+    if dry_run:
+        report.outcomes = queued
+        return report
+    report.outcomes = send_pending(store, lambda: make_transport(config), config.mail.from_, clock, cancel, workers)
     return report
 
 

@@ -122,6 +122,9 @@ class OutboxMessage(SQLModel, table=True):
     last_error: str | None = None
     created_at: datetime
     sent_at: datetime | None = None
+    # a sender's claim while it sends (see watcher.outbox): who, and until when it stands
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
 
 
 class DigestChange(SQLModel, table=True):
@@ -136,6 +139,7 @@ class DaemonState(SQLModel, table=True):
 
     id: int = Field(default=1, primary_key=True)
     pid: int
+    host: str | None = None
     started_at: datetime
     heartbeat: datetime | None = None
     next_sync: datetime | None = None

@@ -16,6 +16,8 @@ from watcher.states import RunOutcome
 from watcher.wording import describe, describe_all, facts
 
 if TYPE_CHECKING:
+    from watcher.dbcopy import CopyReport
+    from watcher.schema import SchemaStatus, UpgradeReport
     from watcher.sync import CheckedStudy, SyncReport
 
 
@@ -184,4 +186,51 @@ def format_status(report: dict[str, Any]) -> str:
             detail = f"registry data {stamp(run['data_timestamp'])} · {plural(run['requests'], 'request')}"
             detail += f" · {plural(run['changes'], 'change')}"
         lines.append(f"  {run['started_at'].replace('T', ' ')[:16]}  {run['kind']:<5}  {run['outcome']:<9}  {detail}")
+    return "\n".join(lines)
+
+
+# --- the database ------------------------------------------------------------------------
+
+
+def db_status_json(display: str, backend: str, found: SchemaStatus) -> dict[str, Any]:
+    return {
+        "database": display,
+        "backend": str(backend),
+        "state": found.state.value,
+        "current": found.current,
+        "head": found.head,
+        "pending": [{"revision": r.id, "title": r.title} for r in found.pending],
+    }
+
+
+def format_db_status(display: str, found: SchemaStatus) -> str:
+    from watcher.schema import SchemaState
+
+    lines = [f"Database    {display}", f"Revision    {found.current or 'none'} (this trial watcher: {found.head})"]
+    state = {
+        SchemaState.CURRENT: "up to date",
+        SchemaState.EMPTY: "empty: `watcher db upgrade` creates the tables",
+        SchemaState.LEGACY: "made by trial watcher 0.1: `watcher db upgrade` adopts it, rows intact",
+        SchemaState.BEHIND: "behind: run `watcher db upgrade`",
+        SchemaState.NEWER: "written by a newer trial watcher: upgrade trial watcher to use it",
+    }[found.state]
+    lines.append(f"State       {state}")
+    for revision in found.pending:
+        lines.append(f"  pending   {revision.id}  {revision.title}")
+    return "\n".join(lines)
+
+
+def format_upgrade(display: str, report: UpgradeReport) -> str:
+    if not report.changed:
+        return f"{display} is up to date (revision {report.after})."
+    before = report.before.current or "empty"
+    done = f"{display}: upgraded from {before} to {report.after}"
+    return done + (f"; backup of the old file: {report.backup}" if report.backup else "") + "."
+
+
+def format_copy(report: CopyReport) -> str:
+    lines = [f"Copied {plural(report.rows, 'row')} from {report.source} to {report.target} in {report.seconds:.1f} s:"]
+    width = max((len(name) for name, _ in report.tables), default=0)
+    lines += [f"  {name.ljust(width)}  {count:>9,}" for name, count in report.tables]
+    lines.append("Row counts match. Now set [database] url to the target (and password_env), and restart the daemon.")
     return "\n".join(lines)

@@ -10,21 +10,22 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
+from watcher import db
 from watcher.clock import Clock, iso, utcnow
 from watcher.config import Config
+from watcher.db import Backend
 from watcher.errors import Cancelled, WatcherError
 from watcher.models import DaemonState
 from watcher.states import RunOutcome
@@ -39,46 +40,61 @@ STOP_GRACE_S = 8.0
 
 
 # --- one daemon per database -------------------------------------------------------------
+# On SQLite a second daemon exits with one line. On PostgreSQL it waits as a hot standby and
+# takes over when the leader's session lock dies with it (also on kill -9).
+
+STANDBY_POLL_S = 5.0
+WATCHDOG_S = 10.0
 
 
-def lock_path(database: Path) -> Path:
-    return database.with_name(database.name + ".lock")
+def daemon_pid(store: Store) -> int | None:
+    with store.read() as session:
+        state = session.get(DaemonState, 1)
+    return state.pid if state else None
 
 
 @contextmanager
-def daemon_lock(database: Path) -> Iterator[None]:
-    path = lock_path(database)
-    handle = path.open("a+")
+def leadership(store: Store, stopping: threading.Event) -> Iterator[db.SessionLock | None]:
+    """Lead this database's schedule for the block; a standby (PostgreSQL) waits here first.
+
+    Yields the PostgreSQL session lock (to watch it), or None on SQLite. Returns without
+    running the block body's work only when stopping while still on standby.
+    """
+    if store.backend is Backend.SQLITE:
+        try:
+            with db.exclusive(store.engine, store.database, "daemon"):
+                yield None
+        except db.LockHeld:
+            pid = daemon_pid(store)
+            raise WatcherError(
+                f"another watcher daemon (pid {pid or 'unknown'}) is already running on {store.database.display}"
+            ) from None
+        return
+    lock = db.SessionLock(store.database, "daemon")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            pid = handle.read().strip() or "unknown"
-            raise WatcherError(f"another watcher daemon (pid {pid}) is already running on {database}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
+        announced = False
+        while not lock.try_acquire():
+            if not announced:
+                log.info(
+                    "standing by: another daemon leads %s (pid %s); taking over when it stops",
+                    store.database.display, daemon_pid(store) or "unknown",
+                )  # fmt: skip
+                announced = True
+            if stopping.wait(STANDBY_POLL_S):
+                raise _StoppedOnStandby
+        if announced:
+            log.info("taking over: this daemon now leads %s", store.database.display)
+        yield lock
     finally:
-        handle.close()  # closing releases the lock; the file stays, harmlessly
+        lock.close()
 
 
-def lock_holder(database: Path) -> int | None:
-    """The pid of the daemon running on this database, or None."""
-    path = lock_path(database)
-    if not path.exists():
-        return None
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            text = handle.read().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return None
+class _StoppedOnStandby(Exception):
+    pass
+
+
+def daemon_running(store: Store) -> bool:
+    return db.lock_is_held(store.engine, store.database, "daemon")
 
 
 def status_report(store: Store) -> dict[str, Any]:
@@ -87,13 +103,13 @@ def status_report(store: Store) -> dict[str, Any]:
         runs = recent_runs(session, 5)
         digests = digest_counts(session)
         state = session.get(DaemonState, 1)
-    pid = lock_holder(store.path)
-    running = pid is not None and state is not None
+    running = daemon_running(store)
     return {
-        "database": str(store.path),
+        "database": store.database.display,
         "daemon": {
-            "running": pid is not None,
-            "pid": pid,
+            "running": running,
+            "pid": state.pid if running and state else None,
+            "host": state.host if running and state else None,
             "next_sync": iso(state.next_sync) if running and state else None,
             "next_digests": iso(state.next_digest) if running and state else None,
         },
@@ -194,7 +210,8 @@ class Worker:
         now = self.clock()
         sender = self.config.mail.from_
         message_id = new_message_id(sender, "alert")
-        text = f"{text}\n\nDatabase: {self.store.path}\nThis goes to the operator only, never to subscribers.\n"
+        where = self.store.database.display
+        text = f"{text}\n\nDatabase: {where}\nThis goes to the operator only, never to subscribers.\n"
         message = build_alert(subject, text, sender, operator, message_id, now)
         try:
             with make_transport(self.config) as transport:
@@ -273,11 +290,11 @@ def next_runs(scheduler: Any) -> dict[str, datetime | None]:
 
 
 def _record_state(store: Store, scheduler: Any, started_at: datetime) -> None:
-    runs = next_runs(scheduler)
+    runs = next_runs(scheduler) if scheduler is not None else {}
     try:
         with store.write() as session:
             state = session.get(DaemonState, 1) or DaemonState(id=1, pid=os.getpid(), started_at=started_at)
-            state.pid, state.started_at = os.getpid(), started_at
+            state.pid, state.host, state.started_at = os.getpid(), socket.gethostname(), started_at
             state.next_sync, state.next_digest = runs.get("sync"), runs.get("digests")
             state.heartbeat = utcnow()
             session.add(state)
@@ -286,49 +303,75 @@ def _record_state(store: Store, scheduler: Any, started_at: datetime) -> None:
 
 
 def run_daemon(config: Config, store: Store) -> None:
-    """Run until SIGTERM / SIGINT. Raises WatcherError if another daemon holds the database."""
-    with daemon_lock(store.path):
-        worker = Worker(config, store)
-        started_at = utcnow()
-        scheduler = build_scheduler(worker, started_at)
+    """Run until SIGTERM / SIGINT. On SQLite, raises WatcherError if another daemon holds the
+    database; on PostgreSQL, waits as a standby until it can lead."""
+    worker = Worker(config, store)
+    scheduler: Any = None
 
-        def shutdown() -> None:
-            from apscheduler.schedulers import SchedulerNotRunningError
+    def shutdown() -> None:
+        from apscheduler.schedulers import SchedulerNotRunningError
 
-            try:
+        try:
+            if scheduler is not None:
                 scheduler.shutdown(wait=False)
-            except SchedulerNotRunningError:
-                pass
+        except SchedulerNotRunningError:
+            pass
 
-        def stop(signum: int, _frame: object) -> None:
-            if worker.cancel.is_set():  # a second signal (e.g. to the whole process group)
-                return
-            worker.cancel.set()
-            log.info("%s received: stopping", signal.Signals(signum).name)
-            # shut down from another thread: the handler may interrupt the scheduler holding its locks
+    def stop(signum: int, _frame: object) -> None:
+        if worker.cancel.is_set():  # a second signal (e.g. to the whole process group)
+            return
+        worker.cancel.set()
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        # shut down from another thread: the handler may interrupt the scheduler holding its locks
+        threading.Thread(target=shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    lost = threading.Event()
+    try:
+        with leadership(store, worker.cancel) as lock:
+            started_at = utcnow()
+            _record_state(store, None, started_at)
+            scheduler = build_scheduler(worker, started_at)
+            if lock is not None:
+                scheduler.add_job(_watchdog(lock, lost, shutdown), "interval", seconds=WATCHDOG_S, id="watchdog")
+
+            def after_job(_event: object) -> None:
+                _record_state(store, scheduler, started_at)
+
+            from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
+
+            scheduler.add_listener(after_job, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+            sync_desc = config.schedule.sync_cron or f"every {config.schedule.sync_every or '6h'}"
+            log.info(
+                "daemon started (pid %d): %d watches, %d subscribers, sync %s, digests at %s %s, database %s",
+                os.getpid(), len(config.watches), len(config.subscribers), sync_desc, config.schedule.digest_time,
+                config.schedule.timezone, store.database.display,
+            )  # fmt: skip
+            if not worker.cancel.is_set():
+                scheduler.start()  # blocks until stop()
+            if not worker.busy.acquire(timeout=STOP_GRACE_S):
+                log.warning(
+                    "the job in flight did not stop within %.0f s; exiting (its transaction rolls back)", STOP_GRACE_S
+                )
+                logging.shutdown()
+                os._exit(0)
+            worker.busy.release()
+    except _StoppedOnStandby:
+        pass
+    if lost.is_set():
+        raise WatcherError(f"lost the connection holding the lead on {store.database.display}; stopped")
+    log.info("daemon stopped")
+
+
+def _watchdog(lock: db.SessionLock, lost: threading.Event, shutdown: Any) -> Any:
+    """A job that stops the daemon when its lead is gone (the database restarted, the network broke):
+    a standby may already be leading, and two leaders must never run the schedule."""
+
+    def check() -> None:
+        if not lock.alive():
+            log.error("the connection holding this daemon's lead is gone; stopping so that a standby can lead")
+            lost.set()
             threading.Thread(target=shutdown, daemon=True).start()
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-
-        def after_job(_event: object) -> None:
-            _record_state(store, scheduler, started_at)
-
-        from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
-
-        scheduler.add_listener(after_job, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
-        sync_desc = config.schedule.sync_cron or f"every {config.schedule.sync_every or '6h'}"
-        log.info(
-            "daemon started (pid %d): %d watches, %d subscribers, sync %s, digests at %s %s, database %s",
-            os.getpid(), len(config.watches), len(config.subscribers), sync_desc, config.schedule.digest_time,
-            config.schedule.timezone, store.path,
-        )  # fmt: skip
-        scheduler.start()  # blocks until stop()
-        if not worker.busy.acquire(timeout=STOP_GRACE_S):
-            log.warning(
-                "the job in flight did not stop within %.0f s; exiting (its transaction rolls back)", STOP_GRACE_S
-            )
-            logging.shutdown()
-            os._exit(0)
-        worker.busy.release()
-        log.info("daemon stopped")
+    return check

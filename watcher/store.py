@@ -1,15 +1,13 @@
-"""The SQLite store: opening it, transactions, and the queries the rest of the code needs.
+"""The store: opening it, transactions, and the queries the rest of the code needs.
 
-SQLite runs in WAL mode with a busy timeout, so readers (`watcher changes`) never wait for
-a writer. A writer takes the write lock up front (BEGIN IMMEDIATE) and holds it for its
-whole transaction: one sync or one check is one transaction, all or nothing.
+One sync or one check is one write transaction, all or nothing. Writers queue one behind
+the other (see `watcher.db`), on SQLite and PostgreSQL alike; readers never wait.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import zlib
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,26 +15,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, insert
+from sqlalchemy import Insert, Table, insert
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session, SQLModel, col, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, delete, func, select
 
-from watcher import models
+from watcher import db, models
 from watcher.changes import Change, ChangeKind, LoggedChange
+from watcher.db import BUSY_TIMEOUT_S, Backend, Database
 from watcher.differ import get_path, nct_id_of
 from watcher.errors import StoreError
 from watcher.models import table_of
 from watcher.states import DigestState, RunKind, RunOutcome
 
-BUSY_TIMEOUT_S = 120
 T = TypeVar("T")
-# PRAGMA user_version: bump with a migration whenever a table changes shape
-SCHEMA_VERSION = 1
+# The newest migration (watcher/migrations/versions); a test keeps the two in step. A database
+# at this revision opens without importing Alembic, so reading commands start fast.
+HEAD_REVISION = "0002"
 
 
 def chunks(items: Iterable[T], size: int = 500) -> Iterator[list[T]]:
-    """Lists of at most `size` items: SQLite caps the parameters of one statement."""
+    """Lists of at most `size` items: databases cap the parameters of one statement."""
     batch = list(items)
     for start in range(0, len(batch), size):
         yield batch[start : start + size]
@@ -47,27 +46,46 @@ def canonical(record: dict[str, Any]) -> bytes:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if not path.parent.is_dir():
-            raise StoreError(f"{path}: the folder for the database does not exist")
-        self.engine = _engine(path)
+    """An open database. `writing` says whether the command will write: on SQLite a writing
+    command upgrades an older schema (after a backup); see `watcher.schema.ensure`."""
+
+    def __init__(self, database: Database | Path, writing: bool = True) -> None:
+        self.database = database if isinstance(database, Database) else db.sqlite_database(database)
+        if self.backend is Backend.SQLITE and not self.database.path.parent.is_dir():
+            raise StoreError(f"{self.database.path}: the folder for the database does not exist")
+        self.engine = db.create(self.database)
         try:
-            with self.engine.connect() as conn:
-                version = conn.exec_driver_sql("PRAGMA user_version").scalar() or 0
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{path}: this database was written by a newer trial watcher (schema {version}, "
-                        f"this one knows {SCHEMA_VERSION}); upgrade trial watcher to use it"
-                    )
-            SQLModel.metadata.create_all(self.engine)
-            if version == 0:
-                with self.engine.connect() as conn:
-                    conn.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
-                    conn.commit()
-        except sa_exc.DatabaseError as exc:
+            if self._revision() != HEAD_REVISION:
+                from watcher.schema import ensure  # Alembic is imported only when there is work for it
+
+                ensure(self.engine, self.database, writing)
+        except sa_exc.DBAPIError as exc:
             self.engine.dispose()
-            raise StoreError(f"{path}: cannot open the database ({exc.orig})") from None
+            raise StoreError(
+                f"{self.database.display}: cannot open the database ({db.describe_error(self.database, exc)})"
+            ) from None
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    @property
+    def backend(self) -> Backend:
+        return self.database.backend
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file (SQLite only)."""
+        return self.database.path
+
+    def _revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            try:
+                value = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+            except sa_exc.DBAPIError as exc:
+                if "alembic_version" in str(exc.orig):  # no such table (yet)
+                    return None
+                raise
+        return str(value) if value is not None else None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -78,42 +96,38 @@ class Store:
             yield session
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """One all-or-nothing transaction holding the write lock; rolled back on any error."""
+    def write(self, serial: bool = True) -> Iterator[Session]:
+        """One all-or-nothing transaction; rolled back on any error.
+
+        `serial` (the default) queues it behind every other writer, which the sync and the
+        digest queueing rely on. Claiming and marking outbox rows need not (on PostgreSQL).
+        """
         with self.engine.connect() as conn:
             conn.execution_options(write_lock=True)
             with Session(bind=conn, expire_on_commit=False) as session:
                 try:
+                    if serial:
+                        db.begin_write(session.connection(), self.backend)
                     yield session
                     session.commit()
-                except sa_exc.OperationalError as exc:
+                except sa_exc.DBAPIError as exc:
                     session.rollback()
-                    if "locked" in str(exc.orig):
-                        raise StoreError(f"{self.path}: the database stayed busy for {BUSY_TIMEOUT_S} s") from None
-                    raise StoreError(f"{self.path}: database error ({exc.orig})") from None
+                    if db.is_busy(exc):
+                        raise StoreError(
+                            f"{self.database.display}: the database stayed busy for {BUSY_TIMEOUT_S} s"
+                        ) from None
+                    raise StoreError(
+                        f"{self.database.display}: database error ({db.describe_error(self.database, exc)})"
+                    ) from None
                 except BaseException:
                     session.rollback()
                     raise
 
 
-def _engine(path: Path) -> Engine:
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT_S})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
-        dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" hook below emits BEGIN
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write_lock") else "BEGIN")
-
-    return engine
+def upsert(session: Session, table: Table) -> Insert:
+    """An INSERT that can take ON CONFLICT clauses, in the session's SQL dialect."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 # --- studies and snapshots ---------------------------------------------------------------
@@ -180,20 +194,20 @@ def save_records(
         )
         known.update({(n, h): i for i, n, h in inserted})
     studies = table_of(models.Study)
-    upsert = sqlite_insert(studies)
-    upsert = upsert.on_conflict_do_update(
+    statement = upsert(session, studies)
+    statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
         index_elements=[studies.c.nct_id],
         set_={
-            "snapshot_id": upsert.excluded.snapshot_id,
-            "brief_title": upsert.excluded.brief_title,
-            "overall_status": upsert.excluded.overall_status,
-            "last_update": upsert.excluded.last_update,
-            "checked_at": upsert.excluded.checked_at,
-            "changed_at": func.coalesce(upsert.excluded.changed_at, studies.c.changed_at),
+            "snapshot_id": statement.excluded.snapshot_id,  # type: ignore[attr-defined]
+            "brief_title": statement.excluded.brief_title,  # type: ignore[attr-defined]
+            "overall_status": statement.excluded.overall_status,  # type: ignore[attr-defined]
+            "last_update": statement.excluded.last_update,  # type: ignore[attr-defined]
+            "checked_at": statement.excluded.checked_at,  # type: ignore[attr-defined]
+            "changed_at": func.coalesce(statement.excluded.changed_at, studies.c.changed_at),  # type: ignore[attr-defined]
         },
     )
     session.execute(
-        upsert,
+        statement,
         [
             {
                 "nct_id": n,
