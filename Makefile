@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.example.toml
 
-.PHONY: run demo test lint bench install clean
+.PHONY: run demo test lint services bench install clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "trial watcher needs Python 3.11 or newer ($(PYTHON) is older); use make PYTHON=python3.12"; exit 2; }
@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # Reinstall when pyproject.toml changes.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
 	@touch $@
 
 install: $(VENV)/.installed
@@ -31,7 +31,11 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The servers the tests start themselves (PostgreSQL, Chromium): installed with apt where missing and possible.
+services:
+	@bash .ci/install-services
+
+test: lint services
 	$(BIN)/python -m pytest -q
 
 bench: install

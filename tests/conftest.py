@@ -13,6 +13,8 @@ from tests.support.smtp import SmtpServer
 from tests.support.world import mg_world
 from watcher.cli import cli
 
+pytest_plugins = ["tests.support.services"]
+
 
 @pytest.fixture
 def fake() -> Iterator[FakeRegistry]:
