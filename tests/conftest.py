@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy import create_engine, inspect, select, text
 
 from tests.support.fakeapi import FakeRegistry
 from tests.support.smtp import SmtpServer
@@ -14,6 +16,113 @@ from tests.support.world import mg_world
 from watcher.cli import cli
 
 pytest_plugins = ["tests.support.services"]
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `both_backends` run once on SQLite and once on a real PostgreSQL server."""
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_backends"):
+        metafunc.parametrize("backend", BACKENDS)
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+@dataclass(frozen=True)
+class ScratchDatabase:
+    """The database a test's config points at, and ways to look inside it."""
+
+    backend: str
+    url: str  # as written in the config
+    folder: Path
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file (SQLite only)."""
+        assert self.backend == "sqlite"
+        return self.folder / "watcher.db"
+
+    @property
+    def engine_url(self) -> str:
+        return f"sqlite:///{self.path}" if self.backend == "sqlite" else self.url
+
+    def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        engine = create_engine(self.engine_url)
+        try:
+            with engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(text(sql), params)]
+        finally:
+            engine.dispose()
+
+    def execute(self, sql: str, **params: Any) -> None:
+        engine = create_engine(self.engine_url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(sql), params)
+        finally:
+            engine.dispose()
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every data table (not the sync-run log), to compare before/after."""
+        from sqlmodel import SQLModel
+
+        import watcher.models  # noqa: F401  (the tables, to read values through their types)
+
+        engine = create_engine(self.engine_url)
+        try:
+            with engine.connect() as conn:
+                tables = [t for t in inspect(conn).get_table_names() if t != "syncrun"]
+                found = {}
+                for name in tables:
+                    model = SQLModel.metadata.tables.get(name)
+                    query = select(model) if model is not None else text(f"select * from {name}")
+                    found[name] = sorted((tuple(_plain(v) for v in r) for r in conn.execute(query)), key=repr)
+                return found
+        finally:
+            engine.dispose()
+
+    def holds(self, secret: bytes) -> bool:
+        """Whether `secret` appears anywhere in the stored data."""
+        if self.backend == "sqlite":
+            return any(secret in p.read_bytes() for p in self.folder.glob("watcher.db*"))
+        return secret.decode() in repr(self.dump())
+
+
+def upgrade_to_head(url: str) -> None:
+    from watcher import db, schema
+
+    target = db.parse_database(url)
+    engine = db.create(target)
+    try:
+        schema.upgrade(engine, target)
+    finally:
+        engine.dispose()
+
+
+def _plain(value: Any) -> Any:
+    return bytes(value) if isinstance(value, memoryview) else value
+
+
+CURRENT_DATABASE: ContextVar[ScratchDatabase | None] = ContextVar("CURRENT_DATABASE", default=None)
+
+
+@pytest.fixture(autouse=True)
+def database(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Iterator[ScratchDatabase]:
+    """This test's database: a SQLite file in tmp_path, or a fresh database on the test PostgreSQL server.
+    `write_config` points configs at it."""
+    if backend == "sqlite":
+        found = ScratchDatabase("sqlite", "sqlite:///watcher.db", tmp_path)
+    else:
+        server = request.getfixturevalue("postgres")
+        found = ScratchDatabase("postgresql", server.url(request.getfixturevalue("pg_database")), tmp_path)
+        if not request.node.get_closest_marker("empty_database"):
+            upgrade_to_head(found.url)  # what an operator does once: watcher db upgrade
+    token = CURRENT_DATABASE.set(found)
+    yield found
+    CURRENT_DATABASE.reset(token)
 
 
 @pytest.fixture
@@ -32,6 +141,9 @@ intervention = "azathioprine"
 
 
 def write_config(folder: Path, base_url: str, watches: str = WATCHES, extra: str = "") -> Path:
+    """A config for the fake registry at `base_url`, on this test's database (see `database`)."""
+    current = CURRENT_DATABASE.get()
+    url = current.url if current is not None and current.folder == folder else "sqlite:///watcher.db"
     path = folder / "watcher.toml"
     path.write_text(
         f"""
@@ -42,7 +154,7 @@ backoff_s = 0
 timeout_s = 5
 
 [database]
-url = "sqlite:///watcher.db"
+url = "{url}"
 {watches}
 {extra}
 """
@@ -72,13 +184,8 @@ def run(config_file: Path) -> Runner:
 
 
 def dump_db(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every data table (not the sync-run log), to compare before/after."""
-    conn = sqlite3.connect(path)
-    try:
-        tables = [r[0] for r in conn.execute("select name from sqlite_master where type='table' and name != 'syncrun'")]
-        return {t: sorted(conn.execute(f"select * from {t}").fetchall(), key=repr) for t in tables}
-    finally:
-        conn.close()
+    """Every data row of the SQLite file at `path`."""
+    return ScratchDatabase("sqlite", "sqlite:///watcher.db", path.parent).dump()
 
 
 @pytest.fixture

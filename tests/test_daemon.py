@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Runner, mail_config, write_config
+from tests.conftest import Runner, ScratchDatabase, mail_config, write_config
 from tests.support.fakeapi import FakeRegistry
 from tests.support.smtp import SmtpServer
 from tests.support.world import TARGET
 from watcher.config import load_config
+from watcher.db import database_of
 from watcher.scheduler import Worker, build_scheduler
 from watcher.store import Store
 
@@ -46,12 +46,13 @@ def make_worker(tmp_path: Path, fake: FakeRegistry, smtp_port: int | None, frequ
     subscribers = f'[[subscriber]]\nemail = "{ALICE}"\nwatches = ["mg-azathioprine"]\nfrequency = "{frequency}"\n'
     extra = mail_config(smtp_port, subscribers, mail_extra=operator) + f"\n[schedule]\n{schedule}\n"
     config = load_config(write_config(tmp_path, fake.base_url, extra=extra))
-    return Worker(config, Store(config.database_path), clock)
+    return Worker(config, Store(database_of(config)), clock)
 
 
 # --- scheduling logic, injected time -------------------------------------------------------
 
 
+@pytest.mark.both_backends
 def test_immediate_digest_follows_a_sync_with_changes(tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
     clock = Clock("2026-11-25T10:00:00")
     worker = make_worker(tmp_path, fake, smtp.port, "immediate", "", clock)
@@ -86,7 +87,10 @@ def test_daily_digest_waits_for_its_time_in_the_zone(tmp_path: Path, fake: FakeR
     assert len(smtp.received) == 1
 
 
-def test_catch_up_after_downtime_runs_once(tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
+@pytest.mark.both_backends
+def test_catch_up_after_downtime_runs_once(
+    tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer, database: ScratchDatabase
+) -> None:
     clock = Clock("2026-11-20T07:00:00")
     worker = make_worker(tmp_path, fake, smtp.port, "daily", 'digest_time = "08:00"', clock)
     worker.sync_job()
@@ -101,8 +105,7 @@ def test_catch_up_after_downtime_runs_once(tmp_path: Path, fake: FakeRegistry, s
     worker.sync_job()
     [received] = smtp.received
     assert "Status: Unknown status → Terminated" in received.part("plain")
-    with sqlite3.connect(tmp_path / "watcher.db") as conn:
-        assert conn.execute("select count(*) from syncrun where outcome = 'ok'").fetchone() == (3,)
+    assert database.rows("select count(*) from syncrun where outcome = 'ok'") == [(3,)]
 
 
 def test_scheduler_never_overlaps_and_coalesces_missed_runs(tmp_path: Path, fake: FakeRegistry) -> None:
@@ -220,6 +223,7 @@ def test_daemon_syncs_sends_refuses_a_twin_and_stops_on_sigterm(
     assert json.loads(Runner(daemon_config)("status", "--json").stdout)["daemon"]["running"] is False
 
 
+@pytest.mark.both_backends
 def test_kill_9_during_a_sync_loses_nothing(daemon_config: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
     fake.faults.latency_s = 0.5
     fake.log.clear()
@@ -238,7 +242,10 @@ def test_kill_9_during_a_sync_loses_nothing(daemon_config: Path, fake: FakeRegis
     assert len(smtp.received) == 1
 
 
-def test_kill_9_during_a_send_sends_at_most_once_more(daemon_config: Path, smtp: SmtpServer) -> None:
+@pytest.mark.both_backends
+def test_kill_9_during_a_send_sends_at_most_once_more(
+    daemon_config: Path, smtp: SmtpServer, database: ScratchDatabase
+) -> None:
     smtp.recorder.data_delay_s = 3
     daemon = Daemon(daemon_config)
     wait_for(lambda: smtp.recorder.data_started, what="the send to start")
@@ -253,8 +260,7 @@ def test_kill_9_during_a_send_sends_at_most_once_more(daemon_config: Path, smtp:
     ids = {r.message["Message-ID"] for r in smtp.received}
     # the interrupted copy may or may not have been taken; either way at most once more, same Message-ID
     assert 1 <= len(smtp.received) <= 2 and len(ids) == 1
-    with sqlite3.connect(daemon_config.parent / "watcher.db") as conn:
-        assert conn.execute("select status, attempts from digest").fetchall() == [("sent", 1)]
+    assert database.rows("select status, attempts from digest") == [("sent", 1)]
     assert len(changes_in(daemon_config)) == 1
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,12 @@ import pytest
 import trustme
 
 from tests.conftest import WATCHES as MG_WATCH
-from tests.conftest import Runner, mail_config, write_config
+from tests.conftest import Runner, ScratchDatabase, mail_config, write_config
 from tests.support.fakeapi import FakeRegistry
 from tests.support.smtp import SmtpServer
 from tests.support.world import TARGET
 
+pytestmark = pytest.mark.both_backends
 WATCHES = f'{MG_WATCH}\n[[watch]]\nname = "lymphoma"\nnct_ids = ["NCT03934567"]\n'
 ALICE, BOB = "alice@example.org", "bob@example.org"
 SUBSCRIBERS = f"""
@@ -51,9 +51,8 @@ def change_both(run: Runner, fake: FakeRegistry) -> None:
     run("sync")
 
 
-def digests(db: Path) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("select email, status, attempts, last_error, message_id from digest order by id").fetchall()
+def digests(database: ScratchDatabase) -> list[tuple[Any, ...]]:
+    return database.rows("select email, status, attempts, last_error, message_id from digest order by id")
 
 
 def test_each_subscriber_gets_only_their_watches(tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
@@ -69,7 +68,7 @@ def test_each_subscriber_gets_only_their_watches(tmp_path: Path, fake: FakeRegis
     assert len(smtp.received) == 2
 
 
-def test_headers(tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
+def test_headers(tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer, database: ScratchDatabase) -> None:
     run = configure(tmp_path, fake, smtp.port)
     change_both(run, fake)
     run("digest", "send")
@@ -79,7 +78,7 @@ def test_headers(tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
     assert message["List-Unsubscribe-Post"] is None
     assert message["Message-ID"].startswith("<digest.") and message["Message-ID"].endswith("@example.org>")
     assert message["Date"] and message.get_content_type() == "multipart/alternative"
-    [stored] = [d for d in digests(tmp_path / "watcher.db") if d[0] == ALICE]
+    [stored] = [d for d in digests(database) if d[0] == ALICE]
     assert stored[1:] == ("sent", 1, None, message["Message-ID"])
 
 
@@ -93,7 +92,7 @@ def test_https_unsubscribe_gets_one_click_header(tmp_path: Path, fake: FakeRegis
 
 
 def test_451_then_success_is_sent_once_with_the_same_message_id(
-    tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer
+    tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer, database: ScratchDatabase
 ) -> None:
     run = configure(tmp_path, fake, smtp.port, subscribers=ALICE_ONLY)
     change_both(run, fake)
@@ -103,12 +102,12 @@ def test_451_then_success_is_sent_once_with_the_same_message_id(
         f"error: {ALICE}: the mail server deferred the digest (451 4.3.0 try again later); "
         "it stays queued and will be retried.\n"
     )
-    [(_, status, attempts, error, message_id)] = digests(tmp_path / "watcher.db")
+    [(_, status, attempts, error, message_id)] = digests(database)
     assert (status, attempts) == ("pending", 1) and "451" in error
     run("digest", "send")
     [received] = smtp.received
     assert received.message["Message-ID"] == message_id
-    assert digests(tmp_path / "watcher.db")[0][1:3] == ("sent", 2)
+    assert digests(database)[0][1:3] == ("sent", 2)
     run("digest", "send")
     assert len(smtp.received) == 1
 
@@ -181,7 +180,9 @@ def test_hostile_registry_text_is_escaped_and_injects_no_header(
     assert b"\r\nBcc:" not in headers
 
 
-def test_starttls_with_login(tmp_path: Path, fake: FakeRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_starttls_with_login(
+    tmp_path: Path, fake: FakeRegistry, monkeypatch: pytest.MonkeyPatch, database: ScratchDatabase
+) -> None:
     ca = trustme.CA()
     server_ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
@@ -198,7 +199,7 @@ def test_starttls_with_login(tmp_path: Path, fake: FakeRegistry, monkeypatch: py
     assert len(smtp.received) == 2
     assert smtp.logins == ["watcher"]  # one session for both digests
     assert "s3cret-Pa55" not in result.output
-    assert b"s3cret-Pa55" not in (tmp_path / "watcher.db").read_bytes()
+    assert not database.holds(b"s3cret-Pa55")
 
 
 def test_untrusted_certificate_is_deferred_not_sent(tmp_path: Path, fake: FakeRegistry) -> None:
@@ -234,7 +235,9 @@ def test_outbox_without_smtp(tmp_path: Path, fake: FakeRegistry) -> None:
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 2
 
 
-def test_dry_run_and_preview_send_and_mark_nothing(tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
+def test_dry_run_and_preview_send_and_mark_nothing(
+    tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer, database: ScratchDatabase
+) -> None:
     run = configure(tmp_path, fake, smtp.port)
     change_both(run, fake)
     out = run("digest", "send", "--dry-run").stdout
@@ -244,7 +247,7 @@ def test_dry_run_and_preview_send_and_mark_nothing(tmp_path: Path, fake: FakeReg
     assert "Status: Unknown status → Completed" in preview
     assert "<!DOCTYPE html>" in (tmp_path / "p.html").read_text()
     assert run("digest", "preview", ALICE, "--text").stdout.startswith("Trial watcher · your digest for")
-    assert smtp.received == [] and digests(tmp_path / "watcher.db") == []
+    assert smtp.received == [] and digests(database) == []
     run("digest", "send")
     assert len(smtp.received) == 2
     assert run("digest", "preview", ALICE).stdout == f"Nothing new for {ALICE} since their last digest.\n"

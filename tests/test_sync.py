@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Runner, dump_db, write_config
+from tests.conftest import Runner, ScratchDatabase, write_config
 from tests.support.fakeapi import FakeRegistry
 from tests.support.world import TARGET, new_mg_study
 from watcher.fields import LOCATIONS_PATH
 
+pytestmark = pytest.mark.both_backends
 S = "protocolSection.statusModule"
 
 
@@ -115,11 +116,11 @@ def test_a_day_of_changes_fetches_only_what_moved(run: Runner, fake: FakeRegistr
 
 
 def test_failure_on_page_2_leaves_the_database_untouched(
-    tmp_path: Path, fake: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake: FakeRegistry, database: ScratchDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = Runner(write_config(tmp_path, fake.base_url))
     run("sync")
-    before = dump_db(tmp_path / "watcher.db")
+    before = database.dump()
     fake.edit(TARGET, lambda r: r["protocolSection"]["statusModule"].update(overallStatus="COMPLETED"))
     for i in range(1, 60):  # enough studies for a second page of the search listing
         fake.put(
@@ -137,7 +138,7 @@ def test_failure_on_page_2_leaves_the_database_untouched(
     result = run("sync", code=1)
     assert result.stderr == "error: ClinicalTrials.gov answered 500 upstream request timeout\n"
     assert "Traceback" not in result.output
-    assert dump_db(tmp_path / "watcher.db") == before
+    assert database.dump() == before
     fake.faults.status_on_page = {}
     out = run("sync").stdout
     assert "59 new" in out
@@ -145,24 +146,26 @@ def test_failure_on_page_2_leaves_the_database_untouched(
     assert kinds.count("changed") == 1 and kinds.count("new_study") == 59
 
 
-def test_registry_down_is_one_line_and_changes_nothing(run: Runner, fake: FakeRegistry, config_file: Path) -> None:
+def test_registry_down_is_one_line_and_changes_nothing(
+    run: Runner, fake: FakeRegistry, database: ScratchDatabase
+) -> None:
     run("sync")
-    before = dump_db(config_file.parent / "watcher.db")
+    before = database.dump()
     fake.stop()
     result = run("sync", code=1)
     assert result.stderr.startswith("error: ClinicalTrials.gov did not answer after 3 tries (connection refused)")
     assert result.stderr.count("\n") == 1
-    assert dump_db(config_file.parent / "watcher.db") == before
+    assert database.dump() == before
 
 
-def test_truncated_body_fails_the_sync_cleanly(run: Runner, fake: FakeRegistry, config_file: Path) -> None:
+def test_truncated_body_fails_the_sync_cleanly(run: Runner, fake: FakeRegistry, database: ScratchDatabase) -> None:
     run("sync")
-    before = dump_db(config_file.parent / "watcher.db")
+    before = database.dump()
     fake.edit(TARGET, lambda r: r["protocolSection"]["statusModule"].update(overallStatus="COMPLETED"))
     fake.faults.truncate_next = 1
     result = sync(run, fake, code=1)
     assert "not complete JSON" in result
-    assert dump_db(config_file.parent / "watcher.db") == before
+    assert database.dump() == before
     run("sync")  # the next sync catches up
     assert [c["new"] for c in changes(run)] == ["COMPLETED"]
 

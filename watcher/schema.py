@@ -135,11 +135,11 @@ class UpgradeReport:
 
     @property
     def changed(self) -> bool:
-        return self.before.state is not SchemaState.CURRENT
+        return self.after != self.before.current
 
 
-def upgrade(engine: Engine, database: Database, backup: bool = True) -> UpgradeReport:
-    """Bring the database to the head revision in one transaction (a backup first on SQLite).
+def upgrade(engine: Engine, database: Database, backup: bool = True, target: str = "head") -> UpgradeReport:
+    """Bring the database to the head revision (or `target`) in one transaction (a backup first on SQLite).
 
     On PostgreSQL an advisory lock makes a second upgrade wait for the first, then find
     nothing left to do.
@@ -157,15 +157,15 @@ def upgrade(engine: Engine, database: Database, backup: bool = True) -> UpgradeR
                 before = read_status(conn, database.backend)
                 if before.state is SchemaState.NEWER:
                     raise newer_error(database, before)
-                if before.state is SchemaState.CURRENT:
-                    return UpgradeReport(before, before.head, None)
+                if before.state is SchemaState.CURRENT or before.current == target:
+                    return UpgradeReport(before, before.current or before.head, None)
                 saved = _backup(database, before.current) if sqlite and backup and before.current else None
                 config = _alembic()[0]
                 config.attributes["connection"] = conn
                 try:
                     if before.state is SchemaState.LEGACY:
                         command.stamp(config, LEGACY_REVISION)
-                    command.upgrade(config, "head")
+                    command.upgrade(config, target)
                 finally:
                     config.attributes.pop("connection", None)
                 if sqlite:
@@ -179,9 +179,11 @@ def upgrade(engine: Engine, database: Database, backup: bool = True) -> UpgradeR
     if before.current:
         log.warning(
             "upgraded the database %s from revision %s to %s%s",
-            database.display, before.current, before.head, f" (backup: {saved})" if saved else "",
+            database.display, before.current, target if target != "head" else before.head,
+            f" (backup: {saved})" if saved else "",
         )  # fmt: skip
-    return UpgradeReport(before, before.head, saved)
+    after = before.head if target == "head" else target
+    return UpgradeReport(before, after, saved)
 
 
 def _pragma(conn: Connection, setting: str) -> None:
