@@ -210,6 +210,8 @@ def test_a_database_that_is_not_ours_is_one_line(config_file: Path, run: Runner)
 def test_a_database_from_a_newer_version_is_refused_and_left_untouched(config_file: Path, run: Runner) -> None:
     import sqlite3
 
+    from watcher.schema import head
+
     run("sync")
     path = config_file.parent / "watcher.db"
     with sqlite3.connect(path) as conn:
@@ -218,6 +220,6 @@ def test_a_database_from_a_newer_version_is_refused_and_left_untouched(config_fi
     result = run("sync", code=1)
     assert result.stderr == (
         f"error: {path}: this database was written by a newer trial watcher (revision 9999; "
-        "this one knows up to 0002); upgrade trial watcher to use it\n"
+        f"this one knows up to {head()}); upgrade trial watcher to use it\n"
     )
     assert dump_db(path) == before and not list(path.parent.glob("*.bak-*"))
