@@ -167,9 +167,10 @@ def digest_cycle(subscribers: int, per_digest: int) -> dict[str, float]:
     from tests.support.fakeapi import FakeRegistry
     from watcher.clock import utcnow
     from watcher.config import load_config
-    from watcher.delivery import enroll_subscribers, queue_due
+    from watcher.delivery import queue_due
     from watcher.registry import Registry
     from watcher.store import Store
+    from watcher.subscribers import enroll_subscribers
     from watcher.sync import run_sync
 
     studies = 60

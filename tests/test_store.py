@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, insert, select
+from sqlalchemy import DateTime, MetaData, String, Table, create_engine, insert, inspect, select, text
 from sqlmodel import SQLModel
+from sqlmodel.sql.sqltypes import UTCDateTime
 
 from tests.conftest import Runner, ScratchDatabase, mail_config, write_config
 from tests.support.fakeapi import FakeRegistry
@@ -32,33 +33,44 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAD = schema.head()
 LEGACY = Path(__file__).parent / "fixtures" / "watcher-0.1.db"  # made by trial watcher 0.1: see fixtures/README.md
 # The columns of the first revision: what a 0.1 database holds, and what must survive every upgrade.
-FIRST_REVISION_TABLES = (
-    "study", "snapshot", "membership", "watchstate", "change", "changewatch", "syncrun", "subscriberstate", "digest",
-    "digestchange", "daemonstate",
-)  # fmt: skip
+
+
+def first_revision_tables() -> list[Table]:
+    """The tables and columns of the first revision, as the 0.1 fixture has them (parents first)."""
+    metadata = MetaData()
+    engine = create_engine(f"sqlite:///{LEGACY}")
+    try:
+        metadata.reflect(engine)
+    finally:
+        engine.dispose()
+    for table in metadata.tables.values():
+        for column in table.columns:
+            if isinstance(column.type, DateTime):
+                column.type = UTCDateTime()  # read back as aware UTC datetimes, as the models do
+    return list(metadata.sorted_tables)
 
 
 def first_revision_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the first revision's tables and columns, read through the models' types."""
+    """Every row of the first revision's tables and columns. 0.1's `subscriberstate` lives on in
+    `subscriber` after revision 0003, so it is read from there when it is gone."""
     engine = create_engine(url)
-    legacy = create_engine(f"sqlite:///{LEGACY}")
     try:
-        with legacy.connect() as conn:
-            columns = {
-                t: [r[1] for r in conn.exec_driver_sql(f"pragma table_info({t})")] for t in FIRST_REVISION_TABLES
-            }
         with engine.connect() as conn:
+            present = set(inspect(conn).get_table_names())
             result = {}
-            for name in FIRST_REVISION_TABLES:
-                table = SQLModel.metadata.tables[name]
-                rows = conn.execute(select(*(table.c[c] for c in columns[name]))).all()
-                result[name] = sorted(
+            for table in first_revision_tables():
+                if table.name == "subscriberstate" and table.name not in present:
+                    query = text("select key, since, last_slot from subscriber where source = 'config'")
+                    query = query.columns(key=String(), since=UTCDateTime(), last_slot=UTCDateTime())
+                else:
+                    query = select(*table.columns)
+                rows = conn.execute(query).all()
+                result[table.name] = sorted(
                     (tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in rows), key=repr
                 )
             return result
     finally:
         engine.dispose()
-        legacy.dispose()
 
 
 def load_legacy_rows(url: str) -> None:
@@ -66,17 +78,14 @@ def load_legacy_rows(url: str) -> None:
     source, target = create_engine(f"sqlite:///{LEGACY}"), create_engine(url)
     try:
         with source.connect() as reading, target.begin() as writing:
-            for table in SQLModel.metadata.sorted_tables:  # parents first
-                name = table.name
-                columns = [r[1] for r in reading.exec_driver_sql(f"pragma table_info({name})")]
-                rows = [r._asdict() for r in reading.execute(select(*(table.c[c] for c in columns)))]
+            for table in first_revision_tables():
+                rows = [r._asdict() for r in reading.execute(select(table))]
                 if rows:
                     writing.execute(insert(table), rows)
-            if target.dialect.name == "postgresql":
-                for name in ("snapshot", "change", "syncrun", "digest"):
-                    writing.exec_driver_sql(
-                        f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"
-                    )
+            for name in ("snapshot", "change", "syncrun", "digest"):
+                writing.exec_driver_sql(
+                    f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"
+                )
     finally:
         source.dispose()
         target.dispose()
@@ -121,11 +130,13 @@ def test_a_database_at_the_first_revision_upgrades_with_every_row_intact(
         load_legacy_rows(database.url)
     before = first_revision_rows(database.engine_url)
     assert sum(len(rows) for rows in before.values()) > 40 and before["digest"] and before["subscriberstate"]
+    assert [len(t.columns) for t in first_revision_tables() if t.name == "digest"] == [11]
     run = Runner(write_config(tmp_path, fake.base_url))
     status = json.loads(run("db", "status", "--json").stdout)
     assert (status["current"], status["head"]) == ("0001", schema.head())
     assert status["state"] == ("legacy" if database.backend == "sqlite" else "behind")
-    assert [p["revision"] for p in status["pending"]][0] == "0002" and status["pending"][-1]["revision"] == HEAD
+    pending = [p["revision"] for p in status["pending"]]
+    assert pending[0] == "0002" and pending[-1] == HEAD and len(set(pending)) == len(pending)
     refused = run("changes", code=1).stderr
     assert refused.endswith(f"is at revision 0001 and this trial watcher needs {HEAD}; run `watcher db upgrade`\n")
     if database.backend == "sqlite":  # a writing command upgrades a SQLite file by itself, after a backup

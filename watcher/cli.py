@@ -212,7 +212,7 @@ def sync(app: App, quiet: bool) -> None:
     and the watches are the same, nothing else is requested.
     """
     from watcher.clock import utcnow
-    from watcher.delivery import enroll_subscribers
+    from watcher.subscribers import enroll_subscribers
     from watcher.sync import run_sync
 
     config, store = app.config, app.store
@@ -233,7 +233,7 @@ def check(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
     Changes found are recorded exactly as a sync would record them.
     """
     from watcher.clock import utcnow
-    from watcher.delivery import enroll_subscribers
+    from watcher.subscribers import enroll_subscribers
     from watcher.sync import run_check
 
     ids = _nct_ids(nct_ids)
@@ -447,14 +447,17 @@ def digest_preview(app: App, email: str, html_file: str | None, text_only: bool)
 def subscribers(app: App, as_json: bool) -> None:
     """Who follows what: last delivered digest, pending changes, queued and failed digests."""
     from watcher.clock import iso
-    from watcher.delivery import subscriber_statuses
+    from watcher.subscribers import statuses as subscriber_statuses
 
-    statuses = subscriber_statuses(app.config, app.reader)
+    statuses, unsubscribed = subscriber_statuses(app.config, app.reader)
+    for email in unsubscribed:
+        echo(f"warning: {email} unsubscribed by link: skipped until they subscribe again", err=True)
     if as_json:
         _print_json(
             [
                 {
-                    "email": s.email, "watches": list(s.watches), "frequency": s.frequency, "kinds": list(s.kinds),
+                    "email": s.email, "source": s.source.value, "state": s.state.value, "watches": list(s.watches),
+                    "frequency": s.frequency, "kinds": list(s.kinds),
                     "since": iso(s.since), "last_delivered": iso(s.last_delivered),
                     "pending_changes": s.pending_changes, "queued_digests": s.queued,
                     "failed_digests": [{"id": i, "error": e} for i, e in s.failed],

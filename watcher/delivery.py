@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,13 +24,14 @@ from sqlmodel import Session, select
 from watcher import models
 from watcher.changes import LoggedChange
 from watcher.clock import Clock, utcnow
-from watcher.config import Config, Frequency, Subscriber
+from watcher.config import Config, Frequency
 from watcher.digest import Digest, Rendered, build
 from watcher.mailer import build_message, default_unsubscribe, make_transport, new_message_id
 from watcher.models import table_of
 from watcher.outbox import Outcome, SendStatus, send_pending
 from watcher.states import DigestState
-from watcher.store import Store, last_covered, load_records, query_changes
+from watcher.store import Store, load_records
+from watcher.subscribers import ALL_WATCHES, Recipient, enroll, pending_changes, set_last_slot
 from watcher.timing import current_slot, is_due
 
 log = logging.getLogger(__name__)
@@ -51,64 +51,13 @@ def unsubscribe_link(config: Config) -> str:
     return config.mail.unsubscribe or default_unsubscribe(config.mail.from_)
 
 
-# --- subscribers' state ----------------------------------------------------------------------
-
-
-def enroll(session: Session, config: Config, now: datetime) -> dict[str, models.SubscriberState]:
-    """Every subscriber's state, creating the missing ones: a new subscriber hears about changes
-    from now on, and their first digest slot is the current one (no digest for a past slot)."""
-    states = {s.email: s for s in session.exec(select(models.SubscriberState)).all()}
-    for sub in config.subscribers:
-        key = sub.email.lower()
-        if key not in states:
-            states[key] = models.SubscriberState(
-                email=key, since=now, last_slot=current_slot(now, sub.frequency, config.schedule)
-            )
-            session.add(states[key])
-    session.flush()
-    return states
-
-
-def enroll_subscribers(config: Config, store: Store, now: datetime) -> None:
-    """Record new subscribers before a sync records changes, so that they hear of those changes."""
-    if config.subscribers:
-        with store.write() as session:
-            enroll(session, config, now)
-
-
 # --- who is due, and with what ------------------------------------------------------------
-
-
-def pending_changes(
-    session: Session, subscribers: Sequence[tuple[Subscriber, datetime]]
-) -> dict[str, list[LoggedChange]]:
-    """The changes each subscriber (with the moment they joined) has not had in a digest yet.
-
-    One query for everyone: 1,000 subscribers of one watch cost what one does.
-    """
-    if not subscribers:
-        return {}
-    covered = last_covered(session, [sub.email for sub, _ in subscribers])
-    floor = min(covered.get(sub.email.lower(), 0) for sub, _ in subscribers)
-    found = query_changes(
-        session,
-        since=min(since for _, since in subscribers),
-        watches=sorted({w for sub, _ in subscribers for w in sub.watches}),
-        after_id=floor,
-    )
-    pending: dict[str, list[LoggedChange]] = {}
-    for sub, since in subscribers:
-        mine, after = set(sub.watches), covered.get(sub.email.lower(), 0)
-        pending[sub.email.lower()] = [
-            c for c in found if c.id > after and c.detected_at >= since and mine.intersection(c.watches)
-        ]
-    return pending
 
 
 def compose(
     session: Session,
     config: Config,
-    subscriber: Subscriber,
+    recipient: Recipient,
     changes: list[LoggedChange],
     now: datetime,
     records: dict[str, dict[str, Any]] | None = None,
@@ -118,43 +67,59 @@ def compose(
     records.update(load_records(session, {c.nct_id for c in changes} - set(records)))
     local_day = now.astimezone(ZoneInfo(config.schedule.timezone)).date()
     return build(
-        subscriber.email, subscriber.frequency, subscriber.watches, changes, records, local_day,
-        unsubscribe_link(config), subscriber.kinds,
+        recipient.email, recipient.frequency, recipient.watch_names, changes, records, local_day,
+        unsubscribe_link(config), recipient.kinds,
     )  # fmt: skip
 
 
 def queue_due(
     config: Config, store: Store, now: datetime, everyone: bool = False, dry_run: bool = False
 ) -> list[Outcome]:
-    """Build and persist the digests that are due now. Returns what was queued (or would be)."""
+    """Build and persist the digests that are due now. Returns what was queued (or would be).
+
+    Each subscriber's digest is queued in a savepoint of its own: a digest that cannot be built
+    is one failed outcome, and the others are queued all the same.
+    """
     queued: list[Outcome] = []
     records: dict[str, dict[str, Any]] = {}  # the same trials recur across subscribers
     with store.write() as session:
-        states = enroll(session, config, now)
-        due = [
-            sub
-            for sub in config.subscribers
-            if everyone or is_due(now, sub.frequency, config.schedule, states[sub.email.lower()].last_slot)
-        ]
-        pending = pending_changes(session, [(sub, states[sub.email.lower()].since) for sub in due])
-        for sub in due:
-            state = states[sub.email.lower()]
-            digest = compose(session, config, sub, pending[sub.email.lower()], now, records)
-            if not dry_run:
-                state.last_slot = current_slot(now, sub.frequency, config.schedule) or state.last_slot
-                session.add(state)
-            if digest is None:
-                continue
-            if dry_run:
-                queued.append(Outcome(sub.email, SendStatus.WOULD_SEND, digest.subject, len(digest.change_ids)))
-                continue
-            digest_id = persist(session, config, digest, _render(digest), now)
-            queued.append(
-                Outcome(sub.email, SendStatus.QUEUED, digest.subject, len(digest.change_ids), digest_id=digest_id)
-            )
+        roster = enroll(session, config, now)
+        due = [r for r in roster.recipients if everyone or is_due(now, r.frequency, config.schedule, r.last_slot)]
+        pending = pending_changes(session, due)
+        for recipient in due:
+            try:
+                with session.begin_nested():
+                    outcome = _queue_one(session, config, recipient, pending[recipient.key], now, records, dry_run)
+            except Exception as exc:  # one subscriber's digest must not stop the others'
+                log.error("the digest for %s could not be built: %s", recipient.email, exc)
+                log.debug("digest failure details", exc_info=True)
+                outcome = Outcome(recipient.email, SendStatus.FAILED, "", 0, f"could not be built ({exc})")
+            if outcome is not None:
+                queued.append(outcome)
         if dry_run:
             session.rollback()
     return queued
+
+
+def _queue_one(
+    session: Session,
+    config: Config,
+    recipient: Recipient,
+    changes: list[LoggedChange],
+    now: datetime,
+    records: dict[str, dict[str, Any]],
+    dry_run: bool,
+) -> Outcome | None:
+    digest = compose(session, config, recipient, changes, now, records)
+    slot = current_slot(now, recipient.frequency, config.schedule)
+    if not dry_run and slot is not None:
+        set_last_slot(session, recipient, slot)
+    if digest is None:
+        return None
+    if dry_run:
+        return Outcome(recipient.email, SendStatus.WOULD_SEND, digest.subject, len(digest.change_ids))
+    digest_id = persist(session, config, digest, _render(digest), now, recipient.key)
+    return Outcome(recipient.email, SendStatus.QUEUED, digest.subject, len(digest.change_ids), digest_id=digest_id)
 
 
 def _render(digest: Digest) -> Rendered:
@@ -163,15 +128,15 @@ def _render(digest: Digest) -> Rendered:
     return render(digest)
 
 
-def persist(session: Session, config: Config, digest: Digest, rendered: Rendered, now: datetime) -> int:
-    """Store a digest, with its exact message, before any send; returns its id."""
+def persist(session: Session, config: Config, digest: Digest, rendered: Rendered, now: datetime, key: str) -> int:
+    """Store a digest for the subscriber `key`, with its exact message, before any send; returns its id."""
     message_id = new_message_id(config.mail.from_)
     message = build_message(rendered, config.mail.from_, digest.email, message_id, now, digest.unsubscribe)
     outbox = table_of(models.OutboxMessage)  # Core: a thousand digests in one run stay cheap
     digest_id: int = session.execute(
         insert(outbox).returning(outbox.c.id),
         {
-            "email": digest.email.lower(), "message_id": message_id, "subject": rendered.subject,
+            "email": key, "message_id": message_id, "subject": rendered.subject,
             "message": message, "changes": len(digest.change_ids), "status": DigestState.PENDING,
             "attempts": 0, "created_at": now,
         },
@@ -213,53 +178,19 @@ def preview(config: Config, store: Store, email: str, now: datetime) -> tuple[Di
     """The next digest of a subscriber, rendered; nothing is stored or marked."""
     subscriber = config.subscriber(email)
     with store.read() as session:
-        state = session.get(models.SubscriberState, subscriber.email.lower())
-        since = state.since if state else now
-        pending = pending_changes(session, [(subscriber, since)])[subscriber.email.lower()]
-        digest = compose(session, config, subscriber, pending, now)
+        following = {
+            row.watch: row.since
+            for row in session.exec(
+                select(models.Subscription).where(models.Subscription.subscriber == subscriber.email.lower())
+            ).all()
+        }
+        watches = {w: following.get(w, following.get(ALL_WATCHES, now)) for w in subscriber.watches}
+        recipient = Recipient(
+            subscriber.email.lower(), subscriber.email, subscriber.frequency, subscriber.kinds, watches, None
+        )
+        pending = pending_changes(session, [recipient])[recipient.key]
+        digest = compose(session, config, recipient, pending, now)
     return None if digest is None else (digest, _render(digest))
-
-
-@dataclass
-class SubscriberStatus:
-    email: str
-    watches: tuple[str, ...]
-    frequency: Frequency
-    kinds: tuple[str, ...]
-    since: datetime | None
-    last_delivered: datetime | None
-    pending_changes: int
-    queued: int
-    failed: list[tuple[int, str]]
-
-
-def subscriber_statuses(config: Config, store: Store) -> list[SubscriberStatus]:
-    result = []
-    outbox = models.OutboxMessage
-    with store.read() as session:
-        states = {s.email: s for s in session.exec(select(models.SubscriberState)).all()}
-        known = [(sub, states[sub.email.lower()].since) for sub in config.subscribers if sub.email.lower() in states]
-        pending_by_email = pending_changes(session, known)
-        for sub in config.subscribers:
-            key = sub.email.lower()
-            state = states.get(key)
-            digests = session.exec(select(outbox).where(outbox.email == key)).all()
-            sent = [d.sent_at for d in digests if d.status == DigestState.SENT and d.sent_at]
-            pending = pending_by_email.get(key, [])
-            result.append(
-                SubscriberStatus(
-                    email=sub.email,
-                    watches=sub.watches,
-                    frequency=sub.frequency,
-                    kinds=sub.kinds,
-                    since=state.since if state else None,
-                    last_delivered=max(sent) if sent else None,
-                    pending_changes=len(pending),
-                    queued=sum(1 for d in digests if d.status == DigestState.PENDING),
-                    failed=[(d.id or 0, d.last_error or "") for d in digests if d.status == DigestState.FAILED],
-                )
-            )
-    return result
 
 
 def send_sample(config: Config, email: str, clock: Clock = utcnow) -> str:

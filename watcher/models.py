@@ -52,6 +52,8 @@ class Membership(SQLModel, table=True):
     by_id: bool = False
     by_search: bool = False
     since: datetime
+    # an explicitly watched study the registry stopped listing: kept, to say "listed again" when it returns
+    delisted_at: datetime | None = None
 
 
 class WatchState(SQLModel, table=True):
@@ -99,12 +101,43 @@ class SyncRun(SQLModel, table=True):
     error: str | None = None
 
 
-class SubscriberState(SQLModel, table=True):
-    """Per subscriber: since when they hear about changes, and the last digest slot handled."""
+class SubscriberAccount(SQLModel, table=True):
+    """A subscriber as trial watcher keeps them: from the config or (later) the web, and their state.
 
-    email: str = Field(primary_key=True)  # lower-cased
+    An unsubscribe always wins: a config subscriber whose state is `unsubscribed` gets nothing
+    until they subscribe again themselves.
+    """
+
+    __tablename__ = "subscriber"
+    key: str = Field(primary_key=True)  # the email address, lower-cased
+    email: str | None = None
+    source: str = "config"  # a SubscriberSource
+    state: str = "active"  # an AccountState
+    frequency: str = "daily"  # a Frequency
+    kinds: str | None = None  # a JSON list of categories, or none for all
+    since: datetime  # when they first became active
+    last_slot: datetime | None = None  # the last digest slot handled for them
+    created_at: datetime
+    unsubscribed_at: datetime | None = None
+
+
+class Subscription(SQLModel, table=True):
+    """A subscriber follows a watch since a moment: they hear of its changes detected from then on."""
+
+    subscriber: str = Field(foreign_key="subscriber.key", primary_key=True)
+    watch: str = Field(primary_key=True, index=True)
     since: datetime
-    last_slot: datetime | None = None
+
+
+class RejectedRecord(SQLModel, table=True):
+    """A study whose record failed the shape check: skipped (its last good state stays) and counted."""
+
+    __tablename__ = "rejectedrecord"
+    nct_id: str = Field(primary_key=True)
+    reason: str
+    first_at: datetime
+    last_at: datetime
+    times: int = 1
 
 
 class OutboxMessage(SQLModel, table=True):

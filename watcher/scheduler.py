@@ -154,8 +154,8 @@ class Worker:
             self._digests()
 
     def _sync(self) -> None:
-        from watcher.delivery import enroll_subscribers
         from watcher.registry import Registry
+        from watcher.subscribers import enroll_subscribers
         from watcher.sync import run_sync
 
         with self.store.read() as session:

@@ -21,3 +21,14 @@ class DigestState(StrEnum):
     PENDING = "pending"  # queued: not yet accepted by the mail server (new, or deferred)
     SENT = "sent"
     FAILED = "failed"  # refused for good; `digest send --retry-failed` queues it again
+
+
+class SubscriberSource(StrEnum):
+    CONFIG = "config"  # a [[subscriber]] table, managed by the operator
+    WEB = "web"  # subscribed through the web pages
+
+
+class AccountState(StrEnum):
+    PENDING = "pending"  # subscribed on the web, not confirmed yet
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
