@@ -149,7 +149,7 @@ def test_database_untouched_by_a_failed_check(run: Runner, fake: FakeRegistry, c
     before = dump_db(config_file.parent / "watcher.db")
     fake.faults.truncate_next = 1
     result = run("check", TARGET, code=1)
-    assert result.stderr.startswith("error: ClinicalTrials.gov sent a body that is not complete JSON")
+    assert result.stderr.startswith(f"error: {fake.base_url.split('/')[2]} sent a body that is not complete JSON")
     assert dump_db(config_file.parent / "watcher.db") == before
 
 
@@ -194,7 +194,7 @@ def test_status_shows_runs_and_the_outbox(run: Runner, fake: FakeRegistry) -> No
     lines = run("status").stdout.splitlines()
     assert lines[0] == "Daemon      not running"
     assert lines[1] == "Digests     0 queued · 0 failed · 0 sent"
-    assert lines[2].endswith("sync   failed     ClinicalTrials.gov answered 503 unavailable")
+    assert lines[2].endswith(f"sync   failed     {fake.base_url.split('/')[2]} answered 503 unavailable")
     assert lines[3].endswith("sync   ok         registry data 2026-11-24 09:00 · 4 requests · 0 changes")
     data = json.loads(run("status", "--json").stdout)
     assert [r["outcome"] for r in data["runs"]] == ["failed", "ok"] and data["daemon"]["running"] is False

@@ -15,7 +15,7 @@ from tests.support.fakeapi import FakeRegistry
 from tests.support.world import record
 from watcher.config import CtgovSettings
 from watcher.errors import RegistryError
-from watcher.registry import Registry
+from watcher.registry import Listed, Registry
 
 BASE = "https://ctgov.test/api/v2"
 STUDIES = f"{BASE}/studies"
@@ -146,7 +146,7 @@ def test_400_text_body_is_shown_and_not_retried(registry: Registry, sleeps: list
     responses.get(STUDIES, status=400, body="`filter.phase` is unknown parameter", content_type="text/plain")
     with pytest.raises(RegistryError) as err:
         list(registry.list_search({"query.cond": "x"}))
-    assert str(err.value) == "ClinicalTrials.gov rejected the request (400): `filter.phase` is unknown parameter"
+    assert str(err.value) == "ctgov.test rejected the request (400): `filter.phase` is unknown parameter"
     assert len(responses.calls) == 1 and sleeps == []
 
 
@@ -167,9 +167,18 @@ def test_truncated_json_is_an_error_not_data(registry: Registry) -> None:
 
 
 @responses.activate
+def test_listing_entries_without_a_usable_nct_id_are_skipped_and_counted(registry: Registry) -> None:
+    broken = [{"protocolSection": {}}, {"protocolSection": None}, {"protocolSection": {"statusModule": None}}, 7]
+    good = {"protocolSection": {"identificationModule": {"nctId": "NCT00000001"}, "statusModule": None}}
+    responses.get(STUDIES, json={"studies": [*broken, good]})
+    assert list(registry.list_search({"query.cond": "x"})) == [Listed("NCT00000001", None)]
+    assert registry.skipped_listings == 4
+
+
+@responses.activate
 def test_json_of_the_wrong_shape_is_an_error(registry: Registry) -> None:
-    responses.get(STUDIES, json={"studies": [{"protocolSection": {}}]})
-    with pytest.raises(RegistryError, match="without an NCT ID"):
+    responses.get(STUDIES, json={"studies": {"not": "a list"}})
+    with pytest.raises(RegistryError, match="without a list of studies"):
         list(registry.list_search({"query.cond": "x"}))
     responses.get(f"{BASE}/version", json={"apiVersion": "2.0.5"})
     with pytest.raises(RegistryError, match="without a dataTimestamp"):

@@ -17,6 +17,11 @@ pytestmark = pytest.mark.both_backends
 S = "protocolSection.statusModule"
 
 
+def host(fake: FakeRegistry) -> str:
+    """How messages name the fake registry: its host and port."""
+    return fake.base_url.split("/")[2]
+
+
 def changes(run: Runner, *args: str) -> list[dict[str, Any]]:
     return json.loads(run("changes", "--json", *args).stdout)
 
@@ -136,7 +141,7 @@ def test_failure_on_page_2_leaves_the_database_untouched(
     fake.faults.status_on_page = {2: 500}
     fake.refresh()
     result = run("sync", code=1)
-    assert result.stderr == "error: ClinicalTrials.gov answered 500 upstream request timeout\n"
+    assert result.stderr == f"error: {host(fake)} answered 500 upstream request timeout\n"
     assert "Traceback" not in result.output
     assert database.dump() == before
     fake.faults.status_on_page = {}
@@ -151,9 +156,10 @@ def test_registry_down_is_one_line_and_changes_nothing(
 ) -> None:
     run("sync")
     before = database.dump()
+    name = host(fake)
     fake.stop()
     result = run("sync", code=1)
-    assert result.stderr.startswith("error: ClinicalTrials.gov did not answer after 3 tries (connection refused)")
+    assert result.stderr.startswith(f"error: {name} did not answer after 3 tries (connection refused)")
     assert result.stderr.count("\n") == 1
     assert database.dump() == before
 
@@ -173,7 +179,7 @@ def test_truncated_body_fails_the_sync_cleanly(run: Runner, fake: FakeRegistry, 
 def test_persistent_rate_limit_fails_cleanly(run: Runner, fake: FakeRegistry) -> None:
     fake.faults.rate_limit_next, fake.faults.retry_after = 10, "0"
     result = run("sync", code=1)
-    assert result.stderr == "error: ClinicalTrials.gov is rate limiting us (429) and kept doing so; try again later\n"
+    assert result.stderr == f"error: {host(fake)} is rate limiting us (429) and kept doing so; try again later\n"
 
 
 def test_a_changed_watch_definition_rebaselines_quietly(tmp_path: Path, fake: FakeRegistry) -> None:

@@ -12,8 +12,11 @@ class ChangeKind(StrEnum):
     CHANGED = "changed"  # a tracked field, or a site's status
     ADDED = "added"  # a site
     REMOVED = "removed"  # a site
+    MOVED = "moved"  # a site whose facility stays but whose city or country changed
     NEW_STUDY = "new_study"  # a study joined a watch
     LEFT_SEARCH = "left_search"  # a study no longer matches a watch's search
+    DELISTED = "delisted"  # an explicitly watched study the registry no longer lists
+    RELISTED = "relisted"  # ... and lists again
 
 
 class Category(StrEnum):

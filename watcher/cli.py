@@ -232,9 +232,9 @@ def check(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
 
     Changes found are recorded exactly as a sync would record them.
     """
+    from watcher.check import run_check
     from watcher.clock import utcnow
     from watcher.subscribers import enroll_subscribers
-    from watcher.sync import run_check
 
     ids = _nct_ids(nct_ids)
     config, store = app.config, app.store

@@ -243,6 +243,8 @@ class CtgovSettings:
     timeout_s: float = field(default=30.0, metadata=_check(_positive))
     retries: int = field(default=5, metadata=_check(_not_negative))
     backoff_s: float = field(default=1.0, metadata=_check(_not_negative))
+    # the longest Retry-After honoured; a registry asking for more fails the run with one line
+    max_wait_s: float = field(default=120.0, metadata=_check(_positive))
     # appended to the HTTP library's own User-Agent, e.g. "mailto:you@example.org"
     contact: str | None = field(default=None, metadata=_check(_text))
 

@@ -7,7 +7,6 @@ news.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,16 +41,30 @@ def _normalise(value: Any, how: Compare) -> Any:
     return value
 
 
+def same_partial_date(a: object, b: object) -> bool:
+    """'2024-05' and '2024-05-01' are the same date told more precisely, not a move."""
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    shorter, longer = sorted((a.split("-"), b.split("-")), key=len)
+    return longer[: len(shorter)] == shorter
+
+
 def _field_change(nct_id: str, tracked: TrackedField, old: Record, new: Record) -> Change | None:
     before = get_path(old, tracked.keys)
     after = get_path(new, tracked.keys)
     if _normalise(before, tracked.compare) == _normalise(after, tracked.compare):
         return None
+    if tracked.compare is Compare.PARTIAL_DATE and same_partial_date(before, after):
+        return None
     return Change(nct_id, ChangeKind.CHANGED, tracked.path, before, after)
 
 
+def _norm(value: Any) -> str:
+    return " ".join(str(value or "").split()).casefold()
+
+
 def site_key(location: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(" ".join(str(location.get(k) or "").split()).casefold() for k in LOCATION_KEY)
+    return tuple(_norm(location.get(k)) for k in LOCATION_KEY)
 
 
 def site_summary(location: dict[str, Any]) -> dict[str, Any]:
@@ -60,40 +73,67 @@ def site_summary(location: dict[str, Any]) -> dict[str, Any]:
     return {k: location[k] for k in keep if location.get(k) is not None}
 
 
-def _keyed_sites(record: Record) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Sites by facility + city + country; repeats of a key are told apart by their order."""
-    locations = get_path(record, LOCATIONS_PATH.split(".")) or []
-    seen: Counter[tuple[str, ...]] = Counter()
-    keyed: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for location in locations:
-        if not isinstance(location, dict):
-            continue
-        key = site_key(location)
-        keyed[(*key, seen[key])] = location
-        seen[key] += 1
-    return keyed
+def _sites(record: Record) -> list[dict[str, Any]]:
+    locations = get_path(record, LOCATIONS_PATH.split("."))
+    return [loc for loc in locations if isinstance(loc, dict)] if isinstance(locations, list) else []
+
+
+def _pair(
+    before: list[dict[str, Any]], after: list[dict[str, Any]]
+) -> tuple[list[tuple[int, int]], set[int], set[int]]:
+    """Sites matched as a set: by facility + city + country, and among sites sharing those, best
+    match first (same summary, then same status), so that order never matters."""
+    pairs: list[tuple[int, int]] = []
+    left, right = set(range(len(before))), set(range(len(after)))
+    for likeness in (
+        lambda o, n: site_summary(o) == site_summary(n),
+        lambda o, n: o.get("status") == n.get("status"),
+        lambda o, n: True,
+    ):
+        for i in sorted(left):
+            match = next(
+                (
+                    j
+                    for j in sorted(right)
+                    if site_key(before[i]) == site_key(after[j]) and likeness(before[i], after[j])
+                ),
+                None,
+            )
+            if match is not None:
+                pairs.append((i, match))
+                left.discard(i)
+                right.discard(match)
+    return pairs, left, right
 
 
 def _site_changes(nct_id: str, old: Record, new: Record) -> list[Change]:
-    before, after = _keyed_sites(old), _keyed_sites(new)
+    before, after = _sites(old), _sites(new)
+    pairs, removed, added = _pair(before, after)
     changes: list[Change] = []
-    for key, location in after.items():
-        if key not in before:
-            changes.append(Change(nct_id, ChangeKind.ADDED, LOCATIONS_PATH, None, location, site_summary(location)))
-        elif before[key].get("status") != location.get("status"):
+    for i, j in sorted(pairs, key=lambda p: p[1]):
+        if before[i].get("status") != after[j].get("status"):
             changes.append(
                 Change(
-                    nct_id,
-                    ChangeKind.CHANGED,
-                    SITE_STATUS_PATH,
-                    before[key].get("status"),
-                    location.get("status"),
-                    site_summary(location),
+                    nct_id, ChangeKind.CHANGED, SITE_STATUS_PATH, before[i].get("status"), after[j].get("status"),
+                    site_summary(after[j]),
                 )
+            )  # fmt: skip
+    # A site that keeps its facility but changes city or country moved: one change, not two.
+    for j in sorted(added):
+        facility = _norm(after[j].get("facility"))
+        moved_from = next(
+            (i for i in sorted(removed) if facility and _norm(before[i].get("facility")) == facility), None
+        )
+        if moved_from is not None:
+            removed.discard(moved_from)
+            summary = site_summary(after[j])
+            changes.append(
+                Change(nct_id, ChangeKind.MOVED, LOCATIONS_PATH, site_summary(before[moved_from]), summary, summary)
             )
-    for key, location in before.items():
-        if key not in after:
-            changes.append(Change(nct_id, ChangeKind.REMOVED, LOCATIONS_PATH, location, None, site_summary(location)))
+        else:
+            changes.append(Change(nct_id, ChangeKind.ADDED, LOCATIONS_PATH, None, after[j], site_summary(after[j])))
+    for i in sorted(removed):
+        changes.append(Change(nct_id, ChangeKind.REMOVED, LOCATIONS_PATH, before[i], None, site_summary(before[i])))
     return changes
 
 

@@ -20,6 +20,7 @@ class Compare(Enum):
     EXACT = "exact"  # equal JSON values
     UNORDERED = "unordered"  # a list whose order carries no meaning (phases)
     TEXT = "text"  # a string compared with surrounding whitespace ignored
+    PARTIAL_DATE = "partial_date"  # yyyy, yyyy-MM or yyyy-MM-dd: gaining or losing precision is no move
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,11 @@ TRACKED_FIELDS: tuple[TrackedField, ...] = (
     TrackedField(WHY_STOPPED, "Why stopped", Category.STATUS, Compare.TEXT, rank=1),
     TrackedField(HAS_RESULTS, "Results posted", Category.RESULTS, rank=20),
     TrackedField(RESULTS_FIRST_POSTED, "Results first posted", Category.RESULTS, rank=21),
-    TrackedField(f"{START}.date", "Start", Category.DATES, rank=30),
+    TrackedField(f"{START}.date", "Start", Category.DATES, Compare.PARTIAL_DATE, rank=30),
     TrackedField(f"{START}.type", "Start date type", Category.DATES, rank=31),
-    TrackedField(f"{PRIMARY_COMPLETION}.date", "Primary completion", Category.DATES, rank=32),
+    TrackedField(f"{PRIMARY_COMPLETION}.date", "Primary completion", Category.DATES, Compare.PARTIAL_DATE, rank=32),
     TrackedField(f"{PRIMARY_COMPLETION}.type", "Primary completion date type", Category.DATES, rank=33),
-    TrackedField(f"{COMPLETION}.date", "Completion", Category.DATES, rank=34),
+    TrackedField(f"{COMPLETION}.date", "Completion", Category.DATES, Compare.PARTIAL_DATE, rank=34),
     TrackedField(f"{COMPLETION}.type", "Completion date type", Category.DATES, rank=35),
     TrackedField(ENROLLMENT_COUNT, "Enrollment", Category.ENROLLMENT, rank=40),
     TrackedField(ENROLLMENT_TYPE, "Enrollment type", Category.ENROLLMENT, rank=41),
@@ -81,9 +82,12 @@ LOCATION_KEY = ("facility", "city", "country")
 # Changes that are not a tracked field's: (kind, path) → (category, rank). Sites rank just
 # after the status, above results and dates; membership events come after results.
 EVENTS: dict[tuple[ChangeKind, str | None], tuple[Category, int]] = {
+    (ChangeKind.DELISTED, None): (Category.STATUS, 2),
+    (ChangeKind.RELISTED, None): (Category.STATUS, 3),
     (ChangeKind.ADDED, LOCATIONS_PATH): (Category.SITES, 10),
     (ChangeKind.CHANGED, SITE_STATUS_PATH): (Category.SITES, 11),
-    (ChangeKind.REMOVED, LOCATIONS_PATH): (Category.SITES, 12),
+    (ChangeKind.MOVED, LOCATIONS_PATH): (Category.SITES, 12),
+    (ChangeKind.REMOVED, LOCATIONS_PATH): (Category.SITES, 13),
     (ChangeKind.NEW_STUDY, None): (Category.NEW_STUDY, 25),
     (ChangeKind.LEFT_SEARCH, None): (Category.LEFT_SEARCH, 26),
 }

@@ -16,9 +16,10 @@ from watcher.states import RunOutcome
 from watcher.wording import describe, describe_all, facts
 
 if TYPE_CHECKING:
+    from watcher.check import CheckedStudy
     from watcher.dbcopy import CopyReport
     from watcher.schema import SchemaStatus, UpgradeReport
-    from watcher.sync import CheckedStudy, SyncReport
+    from watcher.sync import SyncReport
 
 
 def size(n: int) -> str:

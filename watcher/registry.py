@@ -1,8 +1,11 @@
-"""The ClinicalTrials.gov API v2 client: the only module that speaks HTTP.
+"""The ClinicalTrials.gov API v2 client: the only module that speaks HTTP to the registry.
 
-One `requests.Session` with timeouts and urllib3's `Retry` (exponential backoff with
-jitter, `Retry-After` honoured) for 429, 5xx and connection errors. Bodies that are not
-complete JSON of the expected shape are errors, never data.
+One `requests.Session` with urllib3's `Retry` (exponential backoff with jitter) for 429, 5xx
+and connection errors. Every retry is one log line naming the host and the reason. A
+`Retry-After` is honoured up to `[ctgov] max_wait_s`; a longer one fails the run with one
+line. Each request has a total deadline, so a body that trickles in cannot hold a sync. Waits
+end at once when the run is cancelled. Redirects are followed only on the same scheme and
+host. Bodies that are not complete JSON of the expected shape are errors, never data.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -20,6 +26,7 @@ from urllib3.util.retry import Retry
 
 from watcher import __version__
 from watcher.config import CtgovSettings
+from watcher.differ import get_path
 from watcher.errors import Cancelled, RegistryError
 
 log = logging.getLogger(__name__)
@@ -28,6 +35,7 @@ PAGE_SIZE = 1000
 # filter.ids batches stay well under common URL length limits (~12 characters an ID)
 IDS_PER_REQUEST = 250
 MAX_PAGES = 2000
+MAX_REDIRECTS = 5
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 LISTING_FIELDS = "NCTId,LastUpdatePostDate"
@@ -49,21 +57,81 @@ class Traffic:
     bytes: int = 0
 
 
-class _CountingRetry(Retry):
-    """urllib3's Retry, also counting each retried attempt into the client's traffic."""
+def host_label(base_url: str) -> str:
+    """How to name the registry in messages: never with credentials from the URL."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or "the registry"
+    if host in ("clinicaltrials.gov", "www.clinicaltrials.gov"):
+        return "ClinicalTrials.gov"
+    return f"{host}:{parts.port}" if parts.port else host
 
-    traffic: Traffic | None = None
 
-    def new(self, **kw: Any) -> _CountingRetry:
+class RetryAfterTooLong(RegistryError):
+    """The registry asked us to wait longer than `max_wait_s`."""
+
+
+@dataclass
+class _Watch:
+    """What the retries of one client share: its traffic, its name, its cancel switch and its limits."""
+
+    traffic: Traffic
+    host: str
+    tries: int
+    max_wait_s: float
+    cancel: threading.Event | None
+    wait: Callable[[float], bool]  # sleep up to n seconds; True if cancelled meanwhile
+
+
+class _Retry(Retry):
+    """urllib3's Retry, counting each retry into the traffic, saying why it retries, capping
+    Retry-After and sleeping so that a cancel ends the wait at once."""
+
+    watch: _Watch | None = None
+
+    def new(self, **kw: Any) -> _Retry:
         fresh = super().new(**kw)
-        fresh.traffic = self.traffic
+        fresh.watch = self.watch
         return fresh
 
-    def increment(self, *args: Any, **kwargs: Any) -> _CountingRetry:
+    def increment(self, *args: Any, **kwargs: Any) -> _Retry:
         fresh = super().increment(*args, **kwargs)  # raises once retries are used up
-        if self.traffic is not None:
-            self.traffic.requests += 1
+        watch = self.watch
+        if watch is None:
+            return fresh
+        watch.traffic.requests += 1
+        response = kwargs.get("response") if "response" in kwargs else (args[2] if len(args) > 2 else None)
+        error = kwargs.get("error") if "error" in kwargs else (args[3] if len(args) > 3 else None)
+        wait = fresh.get_retry_after(response) if response is not None else None
+        if wait is not None and wait > watch.max_wait_s:
+            again = datetime.now(UTC) + timedelta(seconds=wait)
+            raise RetryAfterTooLong(
+                f"{watch.host} asked us to wait {wait:.0f} s before trying again (more than max_wait_s = "
+                f"{watch.max_wait_s:g}); nothing was changed: try again after {again:%Y-%m-%d %H:%M} UTC"
+            )
+        if wait is None:
+            wait = fresh.get_backoff_time()
+        reason = _reason_of(response, error)
+        attempt = len(fresh.history) + 1
+        log.warning("%s: %s; try %d of %d in %.0f s", watch.host, reason, attempt, watch.tries, wait)
         return fresh
+
+    def sleep(self, response: Any = None) -> None:
+        watch = self.watch
+        if watch is None:
+            super().sleep(response)
+            return
+        wait = self.get_retry_after(response) if response is not None and self.respect_retry_after_header else None
+        if wait is None:
+            wait = self.get_backoff_time()
+        if wait > 0 and watch.wait(min(wait, watch.max_wait_s)):
+            raise Cancelled("stopping: the wait before the next try was cut short")
+
+
+def _reason_of(response: Any, error: Exception | None) -> str:
+    if response is not None:
+        status = getattr(response, "status", None)
+        return "rate limited (429)" if status == 429 else f"answered {status}"
+    return _reason(error) if error is not None else "failed"
 
 
 def user_agent(contact: str | None) -> str:
@@ -77,14 +145,17 @@ class Registry:
         self.settings = settings
         self.cancel = cancel
         self.base_url = settings.base_url
+        self.host = host_label(settings.base_url)
         self.traffic = Traffic()
+        self.skipped_listings = 0  # entries without a usable NCT ID, skipped
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": user_agent(settings.contact), "Accept": "application/json"})
-        retry = _CountingRetry(
+        retry = _Retry(
             total=settings.retries,
             connect=settings.retries,
             read=settings.retries,
             status=settings.retries,
+            redirect=False,
             status_forcelist=RETRY_STATUSES,
             allowed_methods=frozenset({"GET"}),
             backoff_factor=settings.backoff_s,
@@ -93,10 +164,16 @@ class Registry:
             respect_retry_after_header=True,
             raise_on_status=False,
         )
-        retry.traffic = self.traffic
+        retry.watch = _Watch(self.traffic, self.host, settings.retries + 1, settings.max_wait_s, cancel, self._wait)
         adapter = HTTPAdapter(max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+
+    def _wait(self, seconds: float) -> bool:
+        if self.cancel is None:
+            time.sleep(seconds)
+            return False
+        return self.cancel.wait(seconds)
 
     def close(self) -> None:
         self.session.close()
@@ -109,37 +186,78 @@ class Registry:
 
     # --- raw requests -------------------------------------------------------------------
 
-    def get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
-        url = f"{self.base_url}/{path.lstrip('/')}"
+    def get_json(self, path: str, params: dict[str, str] | None = None, base: str | None = None) -> Any:
+        url = f"{base or self.base_url}/{path.lstrip('/')}"
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._get(url, params)
+            if response.status_code not in (301, 302, 303, 307, 308):
+                return self._json(response)
+            target = urljoin(response.url, response.headers.get("Location", ""))
+            here, there = urlsplit(response.url), urlsplit(target)
+            if (here.scheme, here.netloc) != (there.scheme, there.netloc):
+                shown = f"{there.scheme}://{there.hostname or ''}{there.path}"
+                raise RegistryError(f"{self.host} redirected to {shown}, another host; not followed")
+            url, params = target, None
+        raise RegistryError(f"{self.host} redirected more than {MAX_REDIRECTS} times; stopped following")
+
+    def _get(self, url: str, params: dict[str, str] | None) -> requests.Response:
+        """One GET with its retries, and the whole body read within a deadline of timeout_s."""
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("stopping: no further requests")
         tries = self.settings.retries + 1
         self.traffic.requests += 1
+        timeout = self.settings.timeout_s
         try:
-            response = self.session.get(url, params=params, timeout=self.settings.timeout_s)
+            response = self.session.get(url, params=params, timeout=timeout, stream=True, allow_redirects=False)
         except requests.exceptions.RetryError as exc:
-            raise RegistryError(f"ClinicalTrials.gov kept failing after {tries} tries ({_reason(exc)})") from None
+            raise RegistryError(f"{self.host} kept failing after {tries} tries ({_reason(exc)})") from None
         except requests.exceptions.Timeout:
-            raise RegistryError(
-                f"ClinicalTrials.gov did not answer within {self.settings.timeout_s:g} s after {tries} tries"
-            ) from None
+            raise RegistryError(f"{self.host} did not answer within {timeout:g} s after {tries} tries") from None
         except requests.exceptions.ConnectionError as exc:
-            raise RegistryError(f"ClinicalTrials.gov did not answer after {tries} tries ({_reason(exc)})") from None
+            raise RegistryError(f"{self.host} did not answer after {tries} tries ({_reason(exc)})") from None
         except requests.exceptions.RequestException as exc:
-            raise RegistryError(f"request to ClinicalTrials.gov failed ({exc})") from None
-        body = response.content
-        self.traffic.bytes += len(body)
-        log.debug("GET %s -> %s (%d bytes)", response.url, response.status_code, len(body))
-        if response.status_code != 200:
-            raise RegistryError(_http_error(response))
+            raise RegistryError(f"the request to {self.host} failed ({_reason(exc)})") from None
+        # A body that trickles in: the response is closed at the deadline, which ends the read.
+        deadline = threading.Timer(timeout, response.close)
+        deadline.daemon = True
+        started = time.monotonic()
+        deadline.start()
         try:
-            return json.loads(body)
+            body = b"".join(response.iter_content(chunk_size=65536))
+        except (requests.exceptions.RequestException, OSError, AttributeError, ValueError) as exc:
+            if self.cancel is not None and self.cancel.is_set():
+                raise Cancelled("stopping: the request in flight was cut short") from None
+            if time.monotonic() - started >= timeout:
+                raise RegistryError(f"{self.host} sent its answer too slowly (over {timeout:g} s)") from None
+            raise RegistryError(f"{self.host} broke off its answer ({_reason(exc)})") from None
+        finally:
+            deadline.cancel()
+        response._content = body  # what .content returns from here on
+        self.traffic.bytes += len(body)
+        log.debug("GET %s -> %s (%d bytes)", _without_credentials(response.url), response.status_code, len(body))
+        return response
+
+    def _json(self, response: requests.Response) -> Any:
+        if response.status_code != 200:
+            raise RegistryError(self._http_error(response))
+        try:
+            return json.loads(response.content)
         except ValueError:
             kind = response.headers.get("Content-Type", "unknown type")
             raise RegistryError(
-                f"ClinicalTrials.gov sent a body that is not complete JSON "
-                f"({kind}, {len(body)} bytes) for {response.url}"
+                f"{self.host} sent a body that is not complete JSON "
+                f"({kind}, {len(response.content)} bytes) for {_without_credentials(response.url)}"
             ) from None
+
+    def _http_error(self, response: requests.Response) -> str:
+        text = " ".join(response.text.split())[:300] or response.reason or ""
+        if response.status_code == 429:
+            return f"{self.host} is rate limiting us (429) and kept doing so; try again later"
+        if response.status_code >= 500:
+            return f"{self.host} answered {response.status_code} {text}".rstrip()
+        if response.status_code == 403:
+            return f"{self.host} refused the request (403): {text}"
+        return f"{self.host} rejected the request ({response.status_code}): {text}"
 
     # --- endpoints ----------------------------------------------------------------------
 
@@ -148,31 +266,31 @@ class Registry:
         body = self.get_json("version")
         stamp = body.get("dataTimestamp") if isinstance(body, dict) else None
         if not isinstance(stamp, str) or not stamp:
-            raise RegistryError("ClinicalTrials.gov /version answered without a dataTimestamp")
+            raise RegistryError(f"{self.host} /version answered without a dataTimestamp")
         return stamp
 
     def pages(self, params: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
-        """Every page of a `/studies` query, following nextPageToken."""
+        """Every page of a `/studies` query, following nextPageToken. Entries without a usable NCT ID
+        are skipped and counted in `skipped_listings`."""
         params = {**params, "pageSize": str(PAGE_SIZE)}
         seen_tokens: set[str] = set()
         for _ in range(MAX_PAGES):
             body = self.get_json("studies", params)
             if not isinstance(body, dict) or not isinstance(body.get("studies", []), list):
-                raise RegistryError("ClinicalTrials.gov sent a /studies page without a list of studies")
+                raise RegistryError(f"{self.host} sent a /studies page without a list of studies")
             studies = body.get("studies", [])
-            for study in studies:
-                if not isinstance(study, dict) or not _nct_id(study):
-                    raise RegistryError("ClinicalTrials.gov sent a study without an NCT ID")
-            if studies:
-                yield studies
+            usable = [s for s in studies if isinstance(s, dict) and _nct_id(s)]
+            self.skipped_listings += len(studies) - len(usable)
+            if usable:
+                yield usable
             token = body.get("nextPageToken")
             if not token or not studies:
                 return
-            if token in seen_tokens:
-                raise RegistryError("ClinicalTrials.gov repeated a page token; stopped paging to avoid a loop")
+            if not isinstance(token, str) or token in seen_tokens:
+                raise RegistryError(f"{self.host} repeated a page token; stopped paging to avoid a loop")
             seen_tokens.add(token)
             params = {**params, "pageToken": token}
-        raise RegistryError(f"ClinicalTrials.gov paging did not end after {MAX_PAGES} pages")
+        raise RegistryError(f"{self.host} paging did not end after {MAX_PAGES} pages")
 
     def list_search(self, search: dict[str, str]) -> Iterator[Listed]:
         """The members of a saved search, cheaply: IDs and last update dates only."""
@@ -197,38 +315,44 @@ def _batches(items: list[str], size: int) -> Iterator[list[str]]:
 
 
 def _nct_id(study: dict[str, Any]) -> str | None:
-    ident = study.get("protocolSection", {}).get("identificationModule", {})
-    value = ident.get("nctId") if isinstance(ident, dict) else None
-    return value if isinstance(value, str) else None
+    value = get_path(study, ("protocolSection", "identificationModule", "nctId"))
+    return value if isinstance(value, str) and value else None
 
 
 def _listed(study: dict[str, Any]) -> Listed:
-    section = study.get("protocolSection", {})
-    date = section.get("statusModule", {}).get("lastUpdatePostDateStruct", {}).get("date")
-    aliases = section.get("identificationModule", {}).get("nctIdAliases") or ()
-    return Listed(_nct_id(study) or "", date, tuple(aliases))
+    """A listing entry, read defensively: a missing or malformed section reads as absent."""
+    date = get_path(study, ("protocolSection", "statusModule", "lastUpdatePostDateStruct", "date"))
+    aliases = get_path(study, ("protocolSection", "identificationModule", "nctIdAliases"))
+    return Listed(
+        _nct_id(study) or "",
+        date if isinstance(date, str) else None,
+        tuple(a for a in aliases if isinstance(a, str)) if isinstance(aliases, list) else (),
+    )
 
 
-def _reason(exc: Exception) -> str:
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _reason(exc: BaseException) -> str:
     text = str(exc)
     for needle, reason in (
         ("Connection refused", "connection refused"),
         ("too many 429", "rate limited: too many 429 answers"),
         ("too many 5", "server errors"),
         ("Name or service not known", "host not found"),
+        ("Temporary failure in name resolution", "host not found"),
         ("timed out", "timed out"),
+        ("Connection reset", "connection reset"),
+        ("RemoteDisconnected", "the server closed the connection"),
     ):
         if needle in text:
             return reason
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-def _http_error(response: requests.Response) -> str:
-    text = " ".join(response.text.split())[:300] or response.reason or ""
-    if response.status_code == 429:
-        return "ClinicalTrials.gov is rate limiting us (429) and kept doing so; try again later"
-    if response.status_code >= 500:
-        return f"ClinicalTrials.gov answered {response.status_code} {text}".rstrip()
-    if response.status_code == 403:
-        return f"ClinicalTrials.gov refused the request (403): {text}"
-    return f"ClinicalTrials.gov rejected the request ({response.status_code}): {text}"
+    first = _without_credentials(text.splitlines()[0][:200]) if text else ""
+    return first or type(exc).__name__

@@ -11,6 +11,7 @@ import json
 import zlib
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -267,8 +268,17 @@ def watches_of(session: Session, nct_ids: Iterable[str]) -> dict[str, list[str]]
     return result
 
 
-def replace_memberships(session: Session, watch: str, members: dict[str, tuple[bool, bool]], now: datetime) -> None:
-    """Make the watch's members exactly `members` (nct_id → (by_id, by_search))."""
+@dataclass(frozen=True)
+class Member:
+    """How a study belongs to a watch: by explicit ID, by its search, and whether the registry stopped listing it."""
+
+    by_id: bool
+    by_search: bool
+    delisted_at: datetime | None = None
+
+
+def replace_memberships(session: Session, watch: str, members: dict[str, Member], now: datetime) -> None:
+    """Make the watch's members exactly `members`."""
     current = memberships(session, watch)
     gone = [nct_id for nct_id in current if nct_id not in members]
     for batch in chunks(gone):
@@ -277,12 +287,17 @@ def replace_memberships(session: Session, watch: str, members: dict[str, tuple[b
                 col(models.Membership.watch) == watch, col(models.Membership.nct_id).in_(batch)
             )
         )
-    for nct_id, (by_id, by_search) in members.items():
+    for nct_id, member in members.items():
         row = current.get(nct_id)
         if row is None:
-            session.add(models.Membership(watch=watch, nct_id=nct_id, by_id=by_id, by_search=by_search, since=now))
-        elif (row.by_id, row.by_search) != (by_id, by_search):
-            row.by_id, row.by_search = by_id, by_search
+            session.add(
+                models.Membership(
+                    watch=watch, nct_id=nct_id, by_id=member.by_id, by_search=member.by_search, since=now,
+                    delisted_at=member.delisted_at,
+                )
+            )  # fmt: skip
+        elif (row.by_id, row.by_search, row.delisted_at) != (member.by_id, member.by_search, member.delisted_at):
+            row.by_id, row.by_search, row.delisted_at = member.by_id, member.by_search, member.delisted_at
             session.add(row)
     session.flush()
 
@@ -292,6 +307,26 @@ def forget_watches(session: Session, keep: Iterable[str]) -> None:
     names = list(keep)
     session.execute(delete(models.Membership).where(col(models.Membership.watch).not_in(names)))
     session.execute(delete(models.WatchState).where(col(models.WatchState.name).not_in(names)))
+
+
+# --- records that failed the shape check ---------------------------------------------------------
+
+
+def note_rejected(session: Session, nct_id: str, reason: str, now: datetime) -> int:
+    """Count one more sync in a row in which this study's record was rejected; returns the count."""
+    row = session.get(models.RejectedRecord, nct_id)
+    if row is None:
+        row = models.RejectedRecord(nct_id=nct_id, reason=reason, first_at=now, last_at=now, times=1)
+    else:
+        row.reason, row.last_at, row.times = reason, now, row.times + 1
+    session.add(row)
+    return row.times
+
+
+def clear_rejected(session: Session, nct_ids: Iterable[str]) -> None:
+    """These studies' records passed the check: they are no longer counted."""
+    for batch in chunks(nct_ids):
+        session.execute(delete(models.RejectedRecord).where(col(models.RejectedRecord.nct_id).in_(batch)))
 
 
 # --- changes -------------------------------------------------------------------------------

@@ -158,11 +158,24 @@ def _field_words(change: Change) -> str:
     return f"{label}: {_plain(change.old)} → {_plain(change.new)}"
 
 
+def _place(site: object) -> str:
+    if not isinstance(site, Mapping):
+        return "somewhere"
+    return ", ".join(str(p) for p in (site.get("city"), site.get("country")) if p) or "somewhere"
+
+
 def _words(change: Change) -> str:
     if change.kind is ChangeKind.NEW_STUDY:
         return "New trial matching the search"
     if change.kind is ChangeKind.LEFT_SEARCH:
         return "No longer matches the search"
+    if change.kind is ChangeKind.DELISTED:
+        return f"{change.nct_id} is no longer listed on ClinicalTrials.gov"
+    if change.kind is ChangeKind.RELISTED:
+        return f"{change.nct_id} is listed on ClinicalTrials.gov again"
+    if change.kind is ChangeKind.MOVED:
+        facility = (change.site or {}).get("facility") or "A site"
+        return f"Site moved: {facility}, from {_place(change.old)} to {_place(change.new)}"
     if change.kind is ChangeKind.ADDED and change.path == LOCATIONS_PATH:
         recruiting = (change.site or {}).get("status") == "RECRUITING"
         return f"{'New site recruiting' if recruiting else 'New site'}: {site_name(change.site)}"
