@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,12 +26,13 @@ if TYPE_CHECKING:
     from watcher.store import Store
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# Registry text is untrusted: no control characters (terminal escapes, CR) reach the terminal.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def echo(message: str = "", err: bool = False, nl: bool = True) -> None:
-    click.echo(_CONTROL.sub("", message), err=err, nl=nl)
+    """Registry text is untrusted: no control character or bidi override reaches the terminal."""
+    from watcher.text import strip_hidden
+
+    click.echo(strip_hidden(message).replace("\r", ""), err=err, nl=nl)
 
 
 class App:
@@ -134,6 +134,12 @@ def cli(ctx: click.Context, config_arg: str | None, log_level: str) -> None:
 
 
 def main() -> None:
+    import signal
+
+    def terminate(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # ends like Ctrl-C: the transaction in flight rolls back
+
+    signal.signal(signal.SIGTERM, terminate)
     cli(prog_name="watcher")
 
 
@@ -152,7 +158,9 @@ def _print_json(data: Any) -> None:
 
 
 def parse_since(value: str, now: datetime | None = None) -> datetime:
-    """ISO 8601 date/time, 'today', 'yesterday', or an age like '7d' / '12h' → UTC."""
+    """ISO 8601 date/time, 'today', 'yesterday', or an age as in the config ('10m', '6h', '7d', '2w') → UTC."""
+    from watcher.config import parse_age
+
     now = now or datetime.now(UTC)
     text = value.strip().lower()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -160,16 +168,16 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
         return midnight
     if text == "yesterday":
         return midnight - timedelta(days=1)
-    match = re.fullmatch(r"(\d+)\s*([hdw])", text)
-    if match:
-        hours = int(match[1]) * {"h": 1, "d": 24, "w": 168}[match[2]]
-        return now - timedelta(hours=hours)
+    try:
+        return now - timedelta(seconds=parse_age(text))
+    except ValueError:
+        pass
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ConfigError(
             f'--since: "{value}" is not a date '
-            '(use ISO 8601 like 2026-11-24 or 2026-11-24T09:00Z, "today", or an age like "7d")'
+            '(use ISO 8601 like 2026-11-24 or 2026-11-24T09:00Z, "today", or an age like "10m", "6h" or "7d")'
         ) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
@@ -246,14 +254,19 @@ def check(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
             {
                 "studies": [present.checked_json(s) for s in report.studies],
                 "missing": report.missing,
+                "rejected": [{"nct_id": n, "reason": r} for n, r in report.rejected.items()],
                 "requests": report.requests,
             }
         )
     else:
         blocks = [present.format_checked(s) for s in report.studies]
-        blocks += [f"{n}  not found in ClinicalTrials.gov" for n in report.missing]
-        echo("\n\n".join(blocks))
-    if report.missing:
+        if blocks:
+            echo("\n\n".join(blocks))
+    for nct_id in report.missing:
+        echo(f"error: {nct_id} was not found on {registry.host}", err=True)
+    for nct_id, reason in report.rejected.items():
+        echo(f"error: {nct_id}: the registry's record is malformed ({reason}); nothing was stored", err=True)
+    if report.missing or report.rejected:
         raise click.exceptions.Exit(1)
 
 
@@ -351,9 +364,10 @@ def history(app: App, nct_id: str, as_json: bool) -> None:
     if as_json:
         _print_json([present.change_json(c, titles) for c in found])
         return
+    from watcher.text import clean
     from watcher.wording import describe
 
-    echo(f"{nct}  {titles[nct] or ''}".rstrip())
+    echo(f"{nct}  {clean(titles[nct] or '')}".rstrip())
     if row is not None:
         echo(f"  {row.first_seen_at:%Y-%m-%d}  first stored")
     for c in found:
@@ -433,7 +447,10 @@ def digest_preview(app: App, email: str, html_file: str | None, text_only: bool)
         return
     digest, rendered = result
     if html_file:
-        Path(html_file).write_text(rendered.html, encoding="utf-8")
+        try:
+            Path(html_file).write_text(rendered.html, encoding="utf-8")
+        except OSError as exc:
+            raise WatcherError(f"{html_file}: cannot write the HTML part ({exc.strerror or exc})") from None
     if not text_only:
         echo(f"Subject: {rendered.subject}\nTo: {digest.email}\n")
     echo(rendered.text, nl=False)

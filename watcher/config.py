@@ -34,8 +34,8 @@ DEFAULT_BASE_URL = "https://clinicaltrials.gov/api/v2"
 NCT_ID = re.compile(r"NCT\d{8}")
 _EMAIL = re.compile(r"[^@\s<>\"(),;:]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_DURATION = re.compile(r"(\d+)\s*([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -117,6 +117,13 @@ def _text(value: str) -> str:
 
 
 def check_email(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} holds control characters; it is not an email address")
+    if not value.isascii():
+        raise ValueError(
+            f'"{value}" has characters outside ASCII; international addresses are not supported '
+            "(not every mail server accepts them): give an ASCII address"
+        )
     if not _EMAIL.fullmatch(value):
         raise ValueError(f'"{value}" is not an email address')
     return value
@@ -128,6 +135,9 @@ def _from_address(value: str) -> str:
     _text(value)
     check_email(parseaddr(value)[1] or value)
     return value
+
+
+LOCAL_SENDER = "Trial Watcher <watcher@localhost>"  # only for the outbox folder: never sent to a mail server
 
 
 def _unsubscribe(value: str) -> str:
@@ -166,13 +176,18 @@ def _database_url(value: str) -> str:
     raise ValueError(f'"{shown}" is not a database URL (sqlite:///FILE or postgresql+psycopg://USER@HOST/DB)')
 
 
-def parse_duration(value: str) -> int:
-    """'30m', '6h', '1d', '1h30m' → seconds."""
+def parse_age(value: str) -> int:
+    """'30m', '6h', '1d', '2w', '1h30m' → seconds."""
     text = value.strip().lower()
     parts = _DURATION.findall(text)
     if not parts or _DURATION.sub("", text).strip():
         raise ValueError(f'"{value}" is not a duration (like "30m", "6h" or "1d")')
-    seconds = sum(int(n) * _UNITS[unit] for n, unit in parts)
+    return sum(int(n) * _UNITS[unit] for n, unit in parts)
+
+
+def parse_duration(value: str) -> int:
+    """A schedule's duration: like `parse_age`, at least a minute."""
+    seconds = parse_age(value)
     if seconds < 60:
         raise ValueError(f'"{value}" is shorter than a minute')
     return seconds
@@ -294,7 +309,7 @@ class Watch:
 
 @dataclass(frozen=True)
 class MailSettings:
-    from_: str = field(default="Trial Watcher <watcher@localhost>", metadata=_check(_from_address))
+    from_: str = field(default=LOCAL_SENDER, metadata=_check(_from_address))
     outbox_dir: str = "outbox"
     unsubscribe: str | None = field(default=None, metadata=_check(_unsubscribe))
     operator: str | None = field(default=None, metadata=_check(check_email))
@@ -476,6 +491,12 @@ def parse_config(raw: dict[str, Any], path: Path, shown: str | None = None) -> C
     )
     if config.database.is_sqlite:
         resolve_sqlite_path(config.database.url, path.parent, loader.filename)
+    if not watches:
+        loader.fail("", "", "has no [[watch]] table: add one to say what to watch (see config.example.toml)")
+    if config.smtp is not None and "from" not in loader.table(raw, "mail"):
+        loader.fail(
+            "[mail]", "from", "is required with [smtp]: the address digests come from (never watcher@localhost)"
+        )
     return config
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from watcher.changes import Category, Change, ChangeKind
+from watcher.text import clean
 
 CATEGORIES = tuple(c.value for c in Category)
 
@@ -150,13 +151,13 @@ def status_label(code: object) -> str:
     if code is None:
         return "no status"
     if not isinstance(code, str):
-        return str(code)
-    return STATUS_LABELS.get(code, code.replace("_", " ").capitalize())
+        return clean(code)
+    return STATUS_LABELS.get(code, clean(code.replace("_", " ")).capitalize())
 
 
 def phases_label(codes: object) -> str:
     if not codes:
         return "no phase"
     if not isinstance(codes, list):
-        return str(codes)
-    return " / ".join(PHASE_LABELS.get(c, str(c)) for c in codes)
+        return clean(codes)
+    return " / ".join(PHASE_LABELS.get(c, clean(c)) if isinstance(c, str) else clean(c) for c in codes)

@@ -151,14 +151,18 @@ class OutboxTransport:
         return f"the outbox folder {self.folder}"
 
     def send(self, message: bytes, sender: str, to: str, name: str) -> None:
+        temporary: str | None = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             target = self.folder / f"{name}.eml"
             # write then rename, so a reader never sees half a message
             with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".", suffix=".tmp", delete=False) as tmp:
+                temporary = tmp.name
                 tmp.write(message)
-            os.replace(tmp.name, target)
+            os.replace(temporary, target)
         except OSError as exc:
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)  # no stray half-written file
             raise Deferred(f"cannot write to the outbox {self.folder} ({exc.strerror or exc})") from None
 
 

@@ -33,6 +33,7 @@ from sqlmodel import select as model_select
 from watcher import models
 from watcher.clock import Clock
 from watcher.db import Backend, process_alive, this_process
+from watcher.errors import WatcherError
 from watcher.mailer import Deferred, Rejected, Transport
 from watcher.models import table_of
 from watcher.states import DigestState
@@ -158,25 +159,27 @@ def _claim_sqlite(store: Store, cursor: _Cursor, me: str, now: datetime) -> Clai
 
 
 def _deliver(transport: Transport, sender: str, claimed: Claimed) -> tuple[DigestState, Outcome]:
-    """Hand one message to the transport; what became of it."""
+    """Hand one message to the transport; what became of it. The command that sends reports the
+    outcome (the CLI prints it, the daemon logs it), so nothing is said twice here."""
+
+    def outcome(status: SendStatus, detail: str = "") -> Outcome:
+        return Outcome(claimed.email, status, claimed.subject, claimed.changes, detail, claimed.id)
+
     try:
         transport.send(claimed.message, sender, claimed.email, claimed.name)
     except Rejected as exc:
-        log.warning("digest %d to %s failed: %s", claimed.id, claimed.email, exc)
-        outcome = Outcome(claimed.email, SendStatus.FAILED, claimed.subject, claimed.changes, str(exc), claimed.id)
-        return DigestState.FAILED, outcome
+        log.debug("digest %d to %s failed: %s", claimed.id, claimed.email, exc)
+        return DigestState.FAILED, outcome(SendStatus.FAILED, str(exc))
     except Deferred as exc:
-        log.warning("digest %d to %s deferred: %s", claimed.id, claimed.email, exc)
-        outcome = Outcome(claimed.email, SendStatus.DEFERRED, claimed.subject, claimed.changes, str(exc), claimed.id)
-        return DigestState.PENDING, outcome
-    log.info(
-        "digest %d sent to %s (%d change%s)",
-        claimed.id,
-        claimed.email,
-        claimed.changes,
-        "" if claimed.changes == 1 else "s",
-    )
-    return DigestState.SENT, Outcome(claimed.email, SendStatus.SENT, claimed.subject, claimed.changes, "", claimed.id)
+        log.debug("digest %d to %s deferred: %s", claimed.id, claimed.email, exc)
+        return DigestState.PENDING, outcome(SendStatus.DEFERRED, str(exc))
+    except WatcherError:  # the settings are wrong (a missing password): nothing can go out, stop here
+        raise
+    except Exception as exc:  # whatever one address does, the others still get their mail
+        log.debug("digest %d to %s could not be sent", claimed.id, claimed.email, exc_info=True)
+        return DigestState.FAILED, outcome(SendStatus.FAILED, f"could not be sent ({type(exc).__name__}: {exc})")
+    log.info("digest %d sent to %s (%d changes)", claimed.id, claimed.email, claimed.changes)
+    return DigestState.SENT, outcome(SendStatus.SENT)
 
 
 def _sender(

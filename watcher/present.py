@@ -61,9 +61,19 @@ def format_sync_report(report: SyncReport) -> str:
             parts += [f"{w.updated:,} updated"] if w.updated else []
             parts += [f"{w.new:,} new"] if w.new else []
             parts += [f"{w.left:,} left the search"] if w.left else []
+            parts += [f"{w.delisted:,} no longer listed"] if w.delisted else []
+            parts += [f"{w.relisted:,} listed again"] if w.relisted else []
         lines.append(f"{w.name.ljust(width)}  " + " · ".join(parts))
         for nct_id in w.missing:
             lines.append(f"{''.ljust(width)}  ! {nct_id} was not found in the registry")
+    for rejected in report.rejected:
+        times = f" ({rejected.times} syncs in a row)" if rejected.times > 1 else ""
+        reason = f"its record is malformed ({rejected.reason}){times}"
+        lines.append(f"! {rejected.nct_id} skipped: {reason}; its last good state stays")
+    if report.skipped_listings:
+        lines.append(
+            f"! {plural(report.skipped_listings, 'listing entry', 'listing entries')} without an NCT ID skipped"
+        )
     traffic = f"{plural(report.requests, 'request')} ({size(report.bytes)})"
     summary = f"{plural(report.changes, 'change')} recorded in {traffic} in {report.seconds:.1f} s."
     if report.changes:

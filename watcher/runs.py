@@ -36,15 +36,18 @@ def close_run(
 
 
 def record_failure(
-    store: Store, registry: Registry, started_at: datetime, error: str, clock: Clock, kind: RunKind = RunKind.SYNC
-) -> None:
+    store: Store, registry: Registry | None, started_at: datetime, error: str, clock: Clock,
+    kind: RunKind = RunKind.SYNC,
+) -> None:  # fmt: skip
     """Note a failed run (after the run's own transaction was rolled back)."""
+    traffic = registry.traffic if registry is not None else None
     try:
         with store.write() as session:
             session.add(
                 SyncRun(
                     kind=kind, started_at=started_at, finished_at=clock(), outcome=RunOutcome.FAILED,
-                    requests=registry.traffic.requests, bytes=registry.traffic.bytes, error=error[:500],
+                    requests=traffic.requests if traffic else 0, bytes=traffic.bytes if traffic else 0,
+                    error=error[:500],
                 )
             )  # fmt: skip
     except Exception:  # the original error matters more than this note

@@ -34,6 +34,8 @@ from watcher.store import Store, consecutive_failures, digest_counts, recent_run
 log = logging.getLogger(__name__)
 
 RETRY_EVERY_S = 15 * 60
+RETRY_FIRST_S = 5 * 60  # a failed sync is tried again this soon, then after twice as long, ...
+DEFAULT_SYNC_S = 6 * 3600
 # never two runs of a job at once; after downtime, missed runs coalesce into one, however late
 JOB_OPTIONS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
 STOP_GRACE_S = 8.0
@@ -137,6 +139,8 @@ class Worker:
         self.clock = clock
         self.cancel = threading.Event()
         self.busy = threading.Lock()
+        self.scheduler: Any = None  # set by the daemon: the retry of a failed sync is a job of its own
+        self.next_retry: datetime | None = None
 
     def sync_job(self) -> None:
         """One sync, then the digests it made due. Never raises: a failure waits for the next slot."""
@@ -155,12 +159,13 @@ class Worker:
 
     def _sync(self) -> None:
         from watcher.registry import Registry
+        from watcher.runs import record_failure
         from watcher.subscribers import enroll_subscribers
-        from watcher.sync import run_sync
+        from watcher.sync import SyncRunning, run_sync
 
         with self.store.read() as session:
             failures_before = consecutive_failures(session)
-        started = time.monotonic()
+        started, started_at = time.monotonic(), self.clock()
         try:
             enroll_subscribers(self.config, self.store, self.clock())
             with Registry(self.config.ctgov, cancel=self.cancel) as registry:
@@ -168,11 +173,21 @@ class Worker:
         except Cancelled:
             log.info("sync stopped for shutdown; nothing was stored")
             return
-        except WatcherError as exc:
-            log.warning("sync failed after %.1f s: %s; next try at the next slot", time.monotonic() - started, exc)
+        except SyncRunning as exc:
+            log.info("sync skipped: %s", exc)
+            return
+        except Exception as exc:  # the daemon must never go quiet: any failure is logged and counted
+            reason = str(exc) if isinstance(exc, WatcherError) else f"unexpected error: {type(exc).__name__}: {exc}"
+            with self.store.read() as session:
+                recorded = consecutive_failures(session) > failures_before
+            if not recorded:  # it failed before the sync could note it
+                record_failure(self.store, None, started_at, reason, self.clock)
+            retry = self._retry_later(failures_before + 1)
+            log.error("sync failed after %.1f s: %s; %s", time.monotonic() - started, reason, retry)
             log.debug("sync failure details", exc_info=True)
             self._maybe_alert(failures_before)
             return
+        self._cancel_retry()
         if report.outcome is RunOutcome.UNCHANGED:
             log.info(
                 "sync: registry data unchanged since %s; 1 request in %.1f s", report.data_timestamp, report.seconds
@@ -184,10 +199,38 @@ class Worker:
                 members, report.fetched, report.changes, report.requests, report.bytes, report.seconds,
                 report.data_timestamp,
             )  # fmt: skip
-        if failures_before >= self.config.schedule.alert_after_failures:
+        threshold = self.config.schedule.alert_after_failures
+        for rejected in report.rejected:
+            if rejected.times == threshold:
+                message = (
+                    f"{rejected.nct_id} has been skipped {rejected.times} syncs in a row: its record is malformed "
+                    f"({rejected.reason}); its last good state stays"
+                )
+                log.error(message)
+                self._tell_operator(f"trial watcher: {rejected.nct_id} keeps failing the shape check", message)
+        if failures_before >= threshold:
             message = f"syncing recovered after {failures_before} failed syncs in a row"
             log.warning(message)
             self._tell_operator("trial watcher: syncing recovered", message)
+
+    def _retry_later(self, failures: int) -> str:
+        """Try a failed sync again sooner than the next slot: 5 minutes, then doubling up to the interval."""
+        interval = self.config.schedule.sync_seconds or DEFAULT_SYNC_S
+        delay = min(RETRY_FIRST_S * 2 ** max(failures - 1, 0), interval)
+        when = self.clock() + timedelta(seconds=delay)
+        if self.scheduler is not None:
+            from apscheduler.triggers.date import DateTrigger
+
+            self.scheduler.add_job(
+                self.sync_job, DateTrigger(when), id="sync-retry", replace_existing=True, **JOB_OPTIONS
+            )
+        self.next_retry = when
+        return f"next try in {_duration(delay)} (at {when:%H:%M} UTC)"
+
+    def _cancel_retry(self) -> None:
+        self.next_retry = None
+        if self.scheduler is not None and self.scheduler.get_job("sync-retry") is not None:
+            self.scheduler.remove_job("sync-retry")
 
     def _maybe_alert(self, failures_before: int) -> None:
         """Tell the operator once, when the failures in a row reach the threshold (or jump past it)."""
@@ -223,12 +266,14 @@ class Worker:
         if not self.config.subscribers:
             return
         from watcher.delivery import send_due
+        from watcher.outbox import SendStatus
 
         started = time.monotonic()
         try:
             report = send_due(self.config, self.store, clock=self.clock, cancel=self.cancel)
-        except WatcherError as exc:
-            log.warning("digests failed: %s", exc)
+        except Exception as exc:  # the daemon must never go quiet
+            reason = str(exc) if isinstance(exc, WatcherError) else f"unexpected error: {type(exc).__name__}: {exc}"
+            log.error("digests failed: %s; queued digests are retried every %d minutes", reason, RETRY_EVERY_S // 60)
             log.debug("digest failure details", exc_info=True)
             return
         if report.outcomes:
@@ -238,7 +283,7 @@ class Worker:
             summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
             log.info("digests: %s via %s in %.1f s", summary, report.transport, time.monotonic() - started)
             for outcome in report.outcomes:
-                if outcome.status != "sent":
+                if outcome.status is not SendStatus.SENT:
                     log.warning("digest to %s %s: %s", outcome.email, outcome.status, outcome.detail)
 
 
@@ -282,7 +327,7 @@ def next_runs(scheduler: Any) -> dict[str, datetime | None]:
     runs: dict[str, datetime | None] = {}
     for job in scheduler.get_jobs():
         when = getattr(job, "next_run_time", None)
-        key = "sync" if job.id in ("sync", "first-sync") else "digests" if job.id == "digests" else job.id
+        key = "sync" if job.id in ("sync", "first-sync", "sync-retry") else "digests" if job.id == "digests" else job.id
         if when is not None and (runs.get(key) is None or when < runs[key]):
             runs[key] = when
         runs.setdefault(key, when)
@@ -333,6 +378,7 @@ def run_daemon(config: Config, store: Store) -> None:
             started_at = utcnow()
             _record_state(store, None, started_at)
             scheduler = build_scheduler(worker, started_at)
+            worker.scheduler = scheduler
             if lock is not None:
                 scheduler.add_job(_watchdog(lock, lost, shutdown), "interval", seconds=WATCHDOG_S, id="watchdog")
 
@@ -362,6 +408,11 @@ def run_daemon(config: Config, store: Store) -> None:
     if lost.is_set():
         raise WatcherError(f"lost the connection holding the lead on {store.database.display}; stopped")
     log.info("daemon stopped")
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 120 else f"{minutes / 60:.0f} h"
 
 
 def _watchdog(lock: db.SessionLock, lost: threading.Event, shutdown: Any) -> Any:

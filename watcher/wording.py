@@ -32,6 +32,7 @@ from watcher.fields import (
     phases_label,
     status_label,
 )
+from watcher.text import clean
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -69,7 +70,7 @@ def partial_date(value: object) -> str:
             return f"{month} {int(parts[0])}"
         return f"{int(parts[2])} {month} {int(parts[0])}"
     except (ValueError, IndexError):
-        return value
+        return clean(value)
 
 
 def _months(value: str) -> int | None:
@@ -96,7 +97,7 @@ def site_name(site: Mapping[str, Any] | None) -> str:
     if not site:
         return "a site"
     parts = [site.get("facility"), site.get("city"), site.get("country")]
-    return ", ".join(str(p) for p in parts if p) or "a site"
+    return ", ".join(clean(p) for p in parts if p) or "a site"
 
 
 def _date_type(value: object) -> str:
@@ -118,8 +119,8 @@ def _plain(value: object) -> str:
     if value is None:
         return "none"
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value) or "none"
-    return str(value)
+        return ", ".join(clean(v) for v in value) or "none"
+    return clean(value)
 
 
 def _type_words(name: str, change: Change) -> str:
@@ -161,7 +162,7 @@ def _field_words(change: Change) -> str:
 def _place(site: object) -> str:
     if not isinstance(site, Mapping):
         return "somewhere"
-    return ", ".join(str(p) for p in (site.get("city"), site.get("country")) if p) or "somewhere"
+    return ", ".join(clean(p) for p in (site.get("city"), site.get("country")) if p) or "somewhere"
 
 
 def _words(change: Change) -> str:
@@ -174,7 +175,7 @@ def _words(change: Change) -> str:
     if change.kind is ChangeKind.RELISTED:
         return f"{change.nct_id} is listed on ClinicalTrials.gov again"
     if change.kind is ChangeKind.MOVED:
-        facility = (change.site or {}).get("facility") or "A site"
+        facility = clean((change.site or {}).get("facility") or "A site")
         return f"Site moved: {facility}, from {_place(change.old)} to {_place(change.new)}"
     if change.kind is ChangeKind.ADDED and change.path == LOCATIONS_PATH:
         recruiting = (change.site or {}).get("status") == "RECRUITING"
@@ -220,7 +221,7 @@ def _results_with_date(line: Line, first_posted: Change) -> Line | None:
 def _status_with_reason(line: Line, reason: Change) -> Line | None:
     if not reason.new or line.new not in STOPPED_STATUSES:
         return None
-    return replace(line, quote=str(reason.new))
+    return replace(line, quote=clean(reason.new))
 
 
 COMPANIONS: tuple[tuple[str, str, Rule], ...] = (
@@ -285,27 +286,35 @@ def history_url(nct_id: str) -> str:
 def title_of(record: Mapping[str, Any]) -> str:
     """A study's brief title on one line (registry text may hold CR/LF and runs of spaces)."""
     title = get_path(record, ("protocolSection", "identificationModule", "briefTitle"))
-    return " ".join(str(title or "").split()) or "(no title)"
+    return clean(title or "") or "(no title)"
 
 
 def status_of(record: Mapping[str, Any]) -> str:
     return status_label(get_path(record, ("protocolSection", "statusModule", "overallStatus")))
 
 
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def facts(record: Mapping[str, Any]) -> Facts:
-    """The key facts of a study record, in words."""
-    status_module = get_path(record, ("protocolSection", "statusModule")) or {}
-    nct_id = get_path(record, ("protocolSection", "identificationModule", "nctId")) or "?"
+    """The key facts of a study record, in words. Whatever the record holds (even a value of the
+    wrong type stored by an older release), this words it: what it cannot word it shows as it is."""
+    status_module = _mapping(get_path(record, ("protocolSection", "statusModule")))
+    nct_id = clean(get_path(record, ("protocolSection", "identificationModule", "nctId")) or "?")
     overall = status_module.get("overallStatus")
     last_known = status_module.get("lastKnownStatus")
-    enrollment = get_path(record, ("protocolSection", "designModule", "enrollmentInfo")) or {}
+    enrollment = _mapping(get_path(record, ("protocolSection", "designModule", "enrollmentInfo")))
     count = enrollment.get("count")
-    enrolled = f"{count:,} participants" if isinstance(count, int) else "not given"
-    if isinstance(count, int) and enrollment.get("type"):
-        enrolled += f" ({_date_type(enrollment['type'])})"
+    if isinstance(count, int) and not isinstance(count, bool):
+        enrolled = f"{count:,} participants"
+        if enrollment.get("type"):
+            enrolled += f" ({_date_type(enrollment['type']) or clean(enrollment['type'])})"
+    else:
+        enrolled = clean(count) if count is not None else "not given"
 
     def when(key: str) -> str | None:
-        struct = status_module.get(key) or {}
+        struct = _mapping(status_module.get(key))
         return _dated(struct.get("date"), struct.get("type")) if struct.get("date") else None
 
     dates = [
@@ -317,10 +326,11 @@ def facts(record: Mapping[str, Any]) -> Facts:
         )
         if value
     ]
-    locations = get_path(record, ("protocolSection", "contactsLocationsModule", "locations")) or []
-    countries = sorted({str(loc["country"]) for loc in locations if isinstance(loc, dict) and loc.get("country")})
+    found = get_path(record, ("protocolSection", "contactsLocationsModule", "locations"))
+    locations = [loc for loc in found if isinstance(loc, Mapping)] if isinstance(found, list) else []
+    countries = sorted({clean(loc["country"]) for loc in locations if loc.get("country")})
     if len(locations) == 1:
-        sites = "1 · " + ", ".join(p for p in (locations[0].get("city"), locations[0].get("country")) if p)
+        sites = "1 · " + ", ".join(clean(p) for p in (locations[0].get("city"), locations[0].get("country")) if p)
     elif locations:
         shown = ", ".join(countries[:5]) + (f" and {len(countries) - 5} more countries" if len(countries) > 5 else "")
         recruiting = sum(1 for loc in locations if loc.get("status") == "RECRUITING")
@@ -332,18 +342,20 @@ def facts(record: Mapping[str, Any]) -> Facts:
         results = f"posted {partial_date(posted)}" if posted else "posted"
     else:
         results = "not posted"
+    why = status_module.get("whyStopped")
+    sponsor = get_path(record, ("protocolSection", "sponsorCollaboratorsModule", "leadSponsor", "name"))
+    updated = get_path(record, ("protocolSection", "statusModule", "lastUpdatePostDateStruct", "date"))
     return Facts(
         nct_id=nct_id,
         title=title_of(record),
         status=status_label(overall),
         last_known=status_label(last_known) if last_known and overall == "UNKNOWN" else None,
-        why_stopped=status_module.get("whyStopped"),
+        why_stopped=clean(why) if why else None,
         enrollment=enrolled,
         dates=" · ".join(dates) or "not given",
         sites=sites,
         results=results,
-        sponsor=get_path(record, ("protocolSection", "sponsorCollaboratorsModule", "leadSponsor", "name"))
-        or "not given",
+        sponsor=clean(sponsor) if sponsor else "not given",
         phases=phases_label(get_path(record, ("protocolSection", "designModule", "phases"))),
-        last_update=get_path(record, ("protocolSection", "statusModule", "lastUpdatePostDateStruct", "date")),
+        last_update=clean(updated) if updated else None,
     )

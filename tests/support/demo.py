@@ -7,6 +7,7 @@ every minute) and runs the real daemon on it. Digests land in `demo-run/outbox/`
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from pathlib import Path
 
@@ -25,14 +26,19 @@ EDITS = [
 
 def main() -> None:
     folder = ROOT / "demo-run"
-    folder.mkdir(exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # a fresh start: the registry below starts fresh too
+    folder.mkdir()
     fake = FakeRegistry(mg_world().values()).start()
     text = (ROOT / "config.example.toml").read_text()
     text = text.replace("https://clinicaltrials.gov/api/v2", fake.base_url).replace(
         'sync_every = "6h"', 'sync_every = "1m"'
     )
     (folder / "watcher.toml").write_text(text)
-    print(f"fake registry at {fake.base_url}; config and outbox in {folder}; Ctrl-C to stop", flush=True)
+    print(
+        f"fake registry at {fake.base_url}; config and outbox in {folder}; Ctrl-C to stop\n"
+        f"in another terminal: .venv/bin/watcher --config {folder / 'watcher.toml'} changes",
+        flush=True,
+    )
     stop = threading.Event()
 
     def change_the_world() -> None:
