@@ -142,8 +142,8 @@ class BenchRegistry(FakeRegistry):
             self.records[nct_id(record)] = record
         self.day = 0
 
-    def latency_for(self, path: str) -> float:
-        return 0.0 if path.startswith("/_admin") else super().latency_for(path)
+    def latency_for(self, path: str, params: dict[str, str] | None = None) -> float:
+        return 0.0 if path.startswith("/_admin") else super().latency_for(path, params)
 
     def _route(self, path: str, params: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         if path == "/_admin/day":

@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import insert
-from sqlmodel import Session, select
+from sqlmodel import Session, func, select
 
 from watcher import models
 from watcher.changes import LoggedChange
@@ -170,7 +170,10 @@ def send_due(
     if dry_run:
         report.outcomes = queued
         return report
-    report.outcomes = send_pending(store, lambda: make_transport(config), config.mail.from_, clock, cancel, workers)
+    unbuilt = [o for o in queued if o.status is SendStatus.FAILED]  # said here, or nobody would hear of them
+    report.outcomes = unbuilt + send_pending(
+        store, lambda: make_transport(config), config.mail.from_, clock, cancel, workers
+    )
     return report
 
 
@@ -179,12 +182,13 @@ def preview(config: Config, store: Store, email: str, now: datetime) -> tuple[Di
     subscriber = config.subscriber(email)
     with store.read() as session:
         following = {
-            row.watch: row.since
+            row.watch: row.after_change
             for row in session.exec(
                 select(models.Subscription).where(models.Subscription.subscriber == subscriber.email.lower())
             ).all()
         }
-        watches = {w: following.get(w, following.get(ALL_WATCHES, now)) for w in subscriber.watches}
+        newest = session.exec(select(func.max(models.ChangeEntry.id))).one() or 0
+        watches = {w: following.get(w, following.get(ALL_WATCHES, newest)) for w in subscriber.watches}
         recipient = Recipient(
             subscriber.email.lower(), subscriber.email, subscriber.frequency, subscriber.kinds, watches, None
         )

@@ -99,6 +99,7 @@ class SyncRun(SQLModel, table=True):
     studies: int = 0
     changes: int = 0
     error: str | None = None
+    alerted: bool = False  # the operator was told of the run of failures this one belongs to
 
 
 class SubscriberAccount(SQLModel, table=True):
@@ -122,11 +123,13 @@ class SubscriberAccount(SQLModel, table=True):
 
 
 class Subscription(SQLModel, table=True):
-    """A subscriber follows a watch since a moment: they hear of its changes detected from then on."""
+    """A subscriber follows a watch since a moment: they hear of its changes recorded from then on,
+    that is, of the changes whose id is above `after_change` (ids only grow; clocks can tie)."""
 
     subscriber: str = Field(foreign_key="subscriber.key", primary_key=True)
     watch: str = Field(primary_key=True, index=True)
     since: datetime
+    after_change: int = 0
 
 
 class RejectedRecord(SQLModel, table=True):

@@ -10,8 +10,10 @@ host. Bodies that are not complete JSON of the expected shape are errors, never 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -217,8 +219,8 @@ class Registry:
             raise RegistryError(f"{self.host} did not answer after {tries} tries ({_reason(exc)})") from None
         except requests.exceptions.RequestException as exc:
             raise RegistryError(f"the request to {self.host} failed ({_reason(exc)})") from None
-        # A body that trickles in: the response is closed at the deadline, which ends the read.
-        deadline = threading.Timer(timeout, response.close)
+        # A body that trickles in: its connection is cut at the deadline, which ends the read.
+        deadline = threading.Timer(timeout, _cut, args=(response,))
         deadline.daemon = True
         started = time.monotonic()
         deadline.start()
@@ -307,6 +309,17 @@ class Registry:
         """Full records of the given studies, one page at a time (not all held in memory)."""
         for batch in _batches(sorted(set(nct_ids)), IDS_PER_REQUEST):
             yield from self.pages({"filter.ids": ",".join(batch)})
+
+
+def _cut(response: requests.Response) -> None:
+    """End a read in progress on another thread: shutting the socket down wakes a blocked recv
+    (closing it would not)."""
+    connection = getattr(response.raw, "connection", None) or getattr(response.raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    response.close()
 
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:

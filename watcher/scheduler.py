@@ -29,7 +29,7 @@ from watcher.db import Backend
 from watcher.errors import Cancelled, WatcherError
 from watcher.models import DaemonState
 from watcher.states import RunOutcome
-from watcher.store import Store, consecutive_failures, digest_counts, recent_runs
+from watcher.store import Store, consecutive_failures, digest_counts, failure_streak, recent_runs
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,9 @@ def leadership(store: Store, stopping: threading.Event) -> Iterator[db.SessionLo
             with db.exclusive(store.engine, store.database, "daemon"):
                 yield None
         except db.LockHeld:
-            pid = daemon_pid(store)
-            raise WatcherError(
-                f"another watcher daemon (pid {pid or 'unknown'}) is already running on {store.database.display}"
-            ) from None
+            pid = daemon_pid(store)  # unknown when reached through a hard link: SQLite's WAL is per path
+            who = f"another watcher daemon (pid {pid})" if pid else "another watcher daemon"
+            raise WatcherError(f"{who} is already running on {store.database.display}") from None
         return
     lock = db.SessionLock(store.database, "daemon")
     try:
@@ -164,7 +163,8 @@ class Worker:
         from watcher.sync import SyncRunning, run_sync
 
         with self.store.read() as session:
-            failures_before = consecutive_failures(session)
+            streak = failure_streak(session)
+        failures_before, alerted = len(streak), any(r.alerted for r in streak)
         started, started_at = time.monotonic(), self.clock()
         try:
             enroll_subscribers(self.config, self.store, self.clock())
@@ -185,7 +185,7 @@ class Worker:
             retry = self._retry_later(failures_before + 1)
             log.error("sync failed after %.1f s: %s; %s", time.monotonic() - started, reason, retry)
             log.debug("sync failure details", exc_info=True)
-            self._maybe_alert(failures_before)
+            self._maybe_alert()
             return
         self._cancel_retry()
         if report.outcome is RunOutcome.UNCHANGED:
@@ -208,7 +208,7 @@ class Worker:
                 )
                 log.error(message)
                 self._tell_operator(f"trial watcher: {rejected.nct_id} keeps failing the shape check", message)
-        if failures_before >= threshold:
+        if alerted:
             message = f"syncing recovered after {failures_before} failed syncs in a row"
             log.warning(message)
             self._tell_operator("trial watcher: syncing recovered", message)
@@ -232,17 +232,18 @@ class Worker:
         if self.scheduler is not None and self.scheduler.get_job("sync-retry") is not None:
             self.scheduler.remove_job("sync-retry")
 
-    def _maybe_alert(self, failures_before: int) -> None:
-        """Tell the operator once, when the failures in a row reach the threshold (or jump past it)."""
-        with self.store.read() as session:
-            failures = consecutive_failures(session)
-            last = recent_runs(session, 1)
-        threshold = self.config.schedule.alert_after_failures
-        if failures_before < threshold <= failures:
-            reason = last[0].error if last else "unknown"
-            message = f"syncing has failed {failures} times in a row; the last error: {reason}"
-            log.error(message)
-            self._tell_operator(f"trial watcher: syncing has failed {failures} times in a row", message)
+    def _maybe_alert(self) -> None:
+        """Tell the operator once per run of failures, as soon as it reaches the threshold, even when it
+        got there (or past it) by failures the daemon did not see (one-off commands)."""
+        with self.store.write() as session:
+            streak = failure_streak(session)
+            if len(streak) < self.config.schedule.alert_after_failures or any(r.alerted for r in streak):
+                return
+            streak[0].alerted = True
+            session.add(streak[0])
+        message = f"syncing has failed {len(streak)} times in a row; the last error: {streak[0].error or 'unknown'}"
+        log.error(message)
+        self._tell_operator(f"trial watcher: syncing has failed {len(streak)} times in a row", message)
 
     def _tell_operator(self, subject: str, text: str) -> None:
         operator = self.config.mail.operator

@@ -421,6 +421,22 @@ def recent_runs(session: Session, limit: int = 10) -> list[models.SyncRun]:
     return list(session.exec(select(models.SyncRun).order_by(col(models.SyncRun.id).desc()).limit(limit)).all())
 
 
+def failure_streak(session: Session) -> list[models.SyncRun]:
+    """The failed syncs since the last good one, newest first."""
+    runs = session.exec(
+        select(models.SyncRun)
+        .where(models.SyncRun.kind == RunKind.SYNC)
+        .order_by(col(models.SyncRun.id).desc())
+        .limit(100)
+    ).all()
+    streak = []
+    for run in runs:
+        if run.outcome != RunOutcome.FAILED:
+            break
+        streak.append(run)
+    return streak
+
+
 def consecutive_failures(session: Session) -> int:
     runs = session.exec(
         select(models.SyncRun.outcome)

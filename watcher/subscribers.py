@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, delete, func, select
 
 from watcher import models
 from watcher.changes import Category, LoggedChange
@@ -39,7 +39,7 @@ class Recipient:
     email: str
     frequency: Frequency
     kinds: tuple[Category, ...]
-    watches: dict[str, datetime]  # watch → since when they hear about it
+    watches: dict[str, int]  # watch → the last change id before they followed it
     last_slot: datetime | None
     source: SubscriberSource = SubscriberSource.CONFIG
 
@@ -51,7 +51,7 @@ class Recipient:
         """Whether this change is news to them: in a watch they followed when it was detected, of a kind they want."""
         if self.kinds and category_of(change) not in self.kinds:
             return False
-        return any(w in self.watches and change.detected_at >= self.watches[w] for w in change.watches)
+        return any(w in self.watches and change.id > self.watches[w] for w in change.watches)
 
 
 @dataclass
@@ -72,6 +72,7 @@ def _kinds(text: str | None) -> tuple[Category, ...]:
 def enroll(session: Session, config: Config, now: datetime) -> Roster:
     """Bring the config's subscribers into the database and return everyone who gets digests now."""
     accounts = {a.key: a for a in session.exec(select(models.SubscriberAccount)).all()}
+    newest = session.exec(select(func.max(models.ChangeEntry.id))).one() or 0  # a subscription starts after it
     rows: dict[str, dict[str, models.Subscription]] = {}
     for row in session.exec(select(models.Subscription)).all():
         rows.setdefault(row.subscriber, {})[row.watch] = row
@@ -95,17 +96,17 @@ def enroll(session: Session, config: Config, now: datetime) -> Roster:
         account.email, account.frequency = sub.email, sub.frequency
         account.kinds = json.dumps(list(sub.kinds)) if sub.kinds else None
         session.add(account)
-        _follow(session, key, sub.watches, rows.get(key, {}), now)
+        _follow(session, key, sub.watches, rows.get(key, {}), now, newest)
     for key, account in accounts.items():  # config subscribers taken out of the config follow nothing now
         if account.source == SubscriberSource.CONFIG and key not in configured and rows.get(key):
             session.execute(delete(models.Subscription).where(col(models.Subscription.subscriber) == key))
             rows.pop(key)
     session.flush()
     known = {w.name for w in config.watches}
-    following: dict[str, dict[str, datetime]] = {}
+    following: dict[str, dict[str, int]] = {}
     for row in session.exec(select(models.Subscription)).all():
         if row.watch in known:
-            following.setdefault(row.subscriber, {})[row.watch] = row.since
+            following.setdefault(row.subscriber, {})[row.watch] = row.after_change
     for key, account in sorted(accounts.items()):
         live = key in configured or account.source == SubscriberSource.WEB
         if not live or account.state != AccountState.ACTIVE or not following.get(key) or not account.email:
@@ -120,7 +121,12 @@ def enroll(session: Session, config: Config, now: datetime) -> Roster:
 
 
 def _follow(
-    session: Session, key: str, watches: Sequence[str], current: dict[str, models.Subscription], now: datetime
+    session: Session,
+    key: str,
+    watches: Sequence[str],
+    current: dict[str, models.Subscription],
+    now: datetime,
+    newest: int,
 ) -> None:
     """Make a subscriber's subscriptions exactly `watches`: new ones start now, dropped ones end."""
     placeholder = current.pop(ALL_WATCHES, None)
@@ -128,8 +134,8 @@ def _follow(
         session.delete(placeholder)
     for watch in watches:
         if watch not in current:
-            since = placeholder.since if placeholder is not None else now
-            session.add(models.Subscription(subscriber=key, watch=watch, since=since))
+            since, after = (placeholder.since, placeholder.after_change) if placeholder else (now, newest)
+            session.add(models.Subscription(subscriber=key, watch=watch, since=since, after_change=after))
     for watch, row in current.items():
         if watch not in watches:
             session.delete(row)
@@ -154,9 +160,8 @@ def pending_changes(session: Session, recipients: Sequence[Recipient]) -> dict[s
     covered = last_covered(session, [r.key for r in recipients])
     found = query_changes(
         session,
-        since=min(since for r in recipients for since in r.watches.values()),
         watches=sorted({w for r in recipients for w in r.watches}),
-        after_id=min(covered.get(r.key, 0) for r in recipients),
+        after_id=min(max(covered.get(r.key, 0), min(r.watches.values())) for r in recipients),
     )
     return {r.key: [c for c in found if c.id > covered.get(r.key, 0) and r.wants(c)] for r in recipients}
 
@@ -190,9 +195,9 @@ def statuses(config: Config, store: Store) -> tuple[list[SubscriberStatus], list
     outbox = models.OutboxMessage
     with store.read() as session:
         accounts = {a.key: a for a in session.exec(select(models.SubscriberAccount)).all()}
-        following: dict[str, dict[str, datetime]] = {}
+        following: dict[str, dict[str, int]] = {}
         for row in session.exec(select(models.Subscription)).all():
-            following.setdefault(row.subscriber, {})[row.watch] = row.since
+            following.setdefault(row.subscriber, {})[row.watch] = row.after_change
         result: list[SubscriberStatus] = []
         unsubscribed: list[str] = []
         recipients: list[Recipient] = []

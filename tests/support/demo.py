@@ -24,16 +24,22 @@ EDITS = [
 ]  # fmt: skip
 
 
+def prepare(folder: Path, base_url: str) -> Path:
+    """A fresh demo folder (the registry starts fresh too, so an old database would only tell
+    reversals) with the example config pointed at the fake registry; returns the config."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    text = (ROOT / "config.example.toml").read_text()
+    text = text.replace("https://clinicaltrials.gov/api/v2", base_url).replace('sync_every = "6h"', 'sync_every = "1m"')
+    config = folder / "watcher.toml"
+    config.write_text(text)
+    return config
+
+
 def main() -> None:
     folder = ROOT / "demo-run"
-    shutil.rmtree(folder, ignore_errors=True)  # a fresh start: the registry below starts fresh too
-    folder.mkdir()
     fake = FakeRegistry(mg_world().values()).start()
-    text = (ROOT / "config.example.toml").read_text()
-    text = text.replace("https://clinicaltrials.gov/api/v2", fake.base_url).replace(
-        'sync_every = "6h"', 'sync_every = "1m"'
-    )
-    (folder / "watcher.toml").write_text(text)
+    prepare(folder, fake.base_url)
     print(
         f"fake registry at {fake.base_url}; config and outbox in {folder}; Ctrl-C to stop\n"
         f"in another terminal: .venv/bin/watcher --config {folder / 'watcher.toml'} changes",

@@ -126,7 +126,13 @@ class Faults:
     retry_after: str | None = "1"
     server_error_next: int = 0  # answer 503 to the next N requests
     latency_s: float = 0.0
+    fetch_latency_s: float = 0.0  # extra, only for full records (a /studies request without `fields`)
     version_down: bool = False
+    extra_listing_entries: list[Any] = field(default_factory=list)  # raw entries added to every listing page
+    trickle_next: int = 0  # send the next N bodies of full records a few bytes at a time
+    trickle_s: float = 0.5  # ... waiting this long between pieces
+    redirect_next: int = 0  # answer the next N requests with a redirect ...
+    redirect_to: str = "http://elsewhere.example/api/v2/version"  # ... to here
 
 
 @dataclass
@@ -236,10 +242,13 @@ class FakeRegistry:
         url = urlsplit(handler.path)
         params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         path = url.path
-        latency = self.latency_for(path)
+        latency = self.latency_for(path, params)
         if latency:
             time.sleep(latency)
         with self.lock:
+            trickle = self.faults.trickle_next > 0 and path.endswith("/studies") and "fields" not in params
+            if trickle:
+                self.faults.trickle_next -= 1
             status, body, headers = self._route(path, params)
             self.log.append(Served(path, params, status, len(body)))
         handler.send_response(status)
@@ -247,13 +256,26 @@ class FakeRegistry:
             handler.send_header(key, value)
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
-        handler.wfile.write(body)
+        try:
+            if trickle:  # a server that sends its answer a few bytes at a time, never quite stalling
+                for start in range(0, len(body), 64):
+                    handler.wfile.write(body[start : start + 64])
+                    handler.wfile.flush()
+                    time.sleep(self.faults.trickle_s)
+            else:
+                handler.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up: that is what some tests check
 
-    def latency_for(self, path: str) -> float:
-        return self.faults.latency_s
+    def latency_for(self, path: str, params: dict[str, str] | None = None) -> float:
+        full_records = path.endswith("/studies") and params is not None and "fields" not in params
+        return self.faults.latency_s + (self.faults.fetch_latency_s if full_records else 0.0)
 
     def _route(self, path: str, params: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         faults = self.faults
+        if faults.redirect_next:
+            faults.redirect_next -= 1
+            return 302, b"", {"Location": faults.redirect_to}
         if faults.rate_limit_next:
             faults.rate_limit_next -= 1
             headers = {"Content-Type": "text/plain"}
@@ -302,6 +324,8 @@ class FakeRegistry:
         chunk = hits[offset : offset + size]
         fields = [f for f in params.get("fields", "").replace("|", ",").split(",") if f]
         page: dict[str, Any] = {"studies": [project(r, fields) if fields else r for r in chunk]}
+        if fields and self.faults.extra_listing_entries:
+            page["studies"] += self.faults.extra_listing_entries
         if params.get("countTotal") == "true" and not params.get("pageToken"):
             page["totalCount"] = len(hits)
         if len(chunk) == size:  # like the real API: a full page always carries a token

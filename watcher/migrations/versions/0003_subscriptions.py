@@ -1,4 +1,5 @@
-"""Subscribers and their subscriptions (one row per watch, since when); delisted studies; rejected records.
+"""Subscribers and their subscriptions (one row per watch, since when); delisted studies; rejected records;
+which failed syncs the operator was told about.
 
 Revision ID: 0003
 Revises: 0002
@@ -6,7 +7,8 @@ Create Date: 2026-11-27
 
 Each subscriberstate row becomes a config subscriber with one placeholder subscription (watch
 "*"): the next time the config is read, it becomes one row per configured watch with the
-subscriber's old `since`, so nobody loses or gains news by the upgrade.
+subscriber's old start, so nobody loses or gains news by the upgrade. A subscription starts
+after a change id, not at a time: ids only grow, while two moments in one second tie.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def upgrade() -> None:
         sa.Column("subscriber", AutoString(), nullable=False),
         sa.Column("watch", AutoString(), nullable=False),
         sa.Column("since", UTCDateTime(), nullable=False),
+        sa.Column("after_change", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(["subscriber"], ["subscriber.key"]),
         sa.PrimaryKeyConstraint("subscriber", "watch"),
     )
@@ -60,11 +63,16 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("membership") as batch_op:
         batch_op.add_column(sa.Column("delisted_at", UTCDateTime(), nullable=True))
+    with op.batch_alter_table("syncrun") as batch_op:
+        batch_op.add_column(sa.Column("alerted", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.execute(
         "INSERT INTO subscriber (key, email, source, state, frequency, kinds, since, last_slot, created_at) "
         "SELECT email, email, 'config', 'active', 'daily', NULL, since, last_slot, since FROM subscriberstate"
     )
-    op.execute("INSERT INTO subscription (subscriber, watch, since) SELECT email, '*', since FROM subscriberstate")
+    op.execute(
+        "INSERT INTO subscription (subscriber, watch, since, after_change) SELECT s.email, '*', s.since, "
+        "COALESCE((SELECT MAX(c.id) FROM change c WHERE c.detected_at < s.since), 0) FROM subscriberstate s"
+    )
     op.drop_table("subscriberstate")
 
 
@@ -81,6 +89,8 @@ def downgrade() -> None:
         "WHERE source = 'config'"
     )
     op.execute("DELETE FROM subscription")
+    with op.batch_alter_table("syncrun") as batch_op:
+        batch_op.drop_column("alerted")
     with op.batch_alter_table("membership") as batch_op:
         batch_op.drop_column("delisted_at")
     op.drop_table("rejectedrecord")
