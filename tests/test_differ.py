@@ -10,6 +10,7 @@ from tests.support.world import record
 from watcher.changes import Change
 from watcher.differ import diff
 from watcher.fields import LOCATIONS_PATH
+from watcher.wording import describe
 
 S = "protocolSection.statusModule"
 REAL = ["NCT01727193", "NCT00184067", "NCT03934567", "NCT05147467"]
@@ -147,3 +148,56 @@ def test_missing_modules_do_not_crash_and_read_as_none() -> None:
     status = next(c for c in changes if c.path == f"{S}.overallStatus")
     assert (status.old, status.new) == ("UNKNOWN", None)
     assert sum(1 for c in changes if c.kind == "removed") == 1
+
+
+def _with_sites(sites: list[dict[str, str]]) -> dict[str, object]:
+    return {
+        "protocolSection": {
+            "identificationModule": {"nctId": "NCT01727193"},
+            "contactsLocationsModule": {"locations": sites},
+        }
+    }
+
+
+TWINS = [  # one hospital with two sites in one city: same facility, city and country
+    {"facility": "Huashan Hospital", "city": "Shanghai", "country": "China", "status": "RECRUITING", "zip": "200040"},
+    {"facility": "Huashan Hospital", "city": "Shanghai", "country": "China", "status": "COMPLETED", "zip": "201907"},
+]
+
+
+def test_sites_are_a_set_twins_that_swap_places_are_no_change() -> None:
+    assert diff(_with_sites(TWINS), _with_sites(list(reversed(TWINS)))) == []
+
+
+def test_deleting_one_of_two_twin_sites_reports_the_one_that_went() -> None:
+    [change] = diff(_with_sites(TWINS), _with_sites([TWINS[1]]))
+    assert (change.kind, change.old) == ("removed", TWINS[0])
+    [change] = diff(_with_sites(TWINS), _with_sites([TWINS[0]]))
+    assert (change.kind, change.old) == ("removed", TWINS[1])
+
+
+def test_a_site_whose_city_changes_moved() -> None:
+    before = {"facility": "Sun Yat-sen University First Hospital", "city": "Guangzhou", "country": "China"}
+    after = {**before, "city": "Shenzhen"}
+    [change] = diff(_with_sites([before]), _with_sites([after]))
+    assert (change.kind, change.path, change.old, change.new) == ("moved", LOCATIONS_PATH, before, after)
+    assert (
+        describe(change).text
+        == "Site moved: Sun Yat-sen University First Hospital, from Guangzhou, China to Shenzhen, China"
+    )
+    assert describe(change).category == "sites"
+
+
+@pytest.mark.parametrize(("old", "new"), [("2024-05", "2024-05-01"), ("2024", "2024-05"), ("2024-05-01", "2024-05")])
+def test_a_date_that_only_gains_or_loses_precision_is_no_move(old: str, new: str) -> None:
+    before, after = record("NCT01727193"), record("NCT01727193")
+    before["protocolSection"]["statusModule"]["startDateStruct"]["date"] = old
+    after["protocolSection"]["statusModule"]["startDateStruct"]["date"] = new
+    assert diff(before, after) == []
+
+
+def test_a_real_move_of_a_precise_date_is_still_news() -> None:
+    before, after = record("NCT01727193"), record("NCT01727193")
+    before["protocolSection"]["statusModule"]["startDateStruct"]["date"] = "2024-05"
+    after["protocolSection"]["statusModule"]["startDateStruct"]["date"] = "2024-06-01"
+    assert [(c.old, c.new) for c in diff(before, after)] == [("2024-05", "2024-06-01")]
