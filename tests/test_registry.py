@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import requests
 import responses
 from responses import matchers
 
@@ -25,14 +25,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture
 def registry() -> Registry:
     return Registry(CtgovSettings(base_url=BASE, retries=3, backoff_s=0.5, timeout_s=5))
-
-
-@pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """urllib3's backoff sleeps, recorded instead of slept."""
-    slept: list[float] = []
-    monkeypatch.setattr("urllib3.util.retry.time.sleep", slept.append)
-    return slept
 
 
 def page(*ids: str, token: str | None = None) -> dict[str, object]:
@@ -103,51 +95,66 @@ def test_a_repeated_token_is_an_error_not_a_loop(registry: Registry) -> None:
     assert len(responses.calls) == 2
 
 
-@responses.activate
-def test_429_with_retry_after_is_retried(registry: Registry) -> None:
-    responses.get(STUDIES, status=429, body="Too Many Requests", headers={"Retry-After": "7"})
-    responses.get(STUDIES, json=page("NCT00000001"))
-    assert [s.nct_id for s in registry.list_search({"query.cond": "x"})] == ["NCT00000001"]
-    assert registry.traffic.requests == 2
+# --- retries: urllib3's real retries against a real local server ----------------------------------------
+# (`responses` answers before urllib3 ever retries, so it cannot show how many tries were made.)
 
 
-@responses.activate
-def test_500_then_success(registry: Registry) -> None:
-    responses.get(STUDIES, status=500, body="upstream connect error")
-    responses.get(STUDIES, status=503, body="unavailable")
-    responses.get(STUDIES, json=page("NCT00000001"))
-    assert [s.nct_id for s in registry.list_search({"query.cond": "x"})] == ["NCT00000001"]
-    assert registry.traffic.requests == 3
-
-
-def test_waits_as_long_as_retry_after_says_on_a_real_server(sleeps: list[float]) -> None:
-    # `responses` does not sleep between retries, so the waiting is checked against the fake API.
+@pytest.fixture
+def served() -> Iterator[FakeRegistry]:
     with FakeRegistry([record("NCT01727193")]) as fake:
-        fake.faults.rate_limit_next, fake.faults.retry_after = 1, "7"
-        client = Registry(CtgovSettings(base_url=fake.base_url, retries=3, backoff_s=0.5))
-        assert client.data_timestamp() == fake.data_timestamp
-        assert sleeps == [7.0]
-        fake.faults.server_error_next = 2
-        client.data_timestamp()
-        assert len(sleeps) == 2 and 0 < sleeps[1] <= 60  # urllib3 retries the first 503 at once
-        assert [s.status for s in fake.log] == [429, 200, 503, 503, 200]
+        yield fake
+
+
+def client(fake: FakeRegistry, waits: list[float], retries: int = 3) -> Registry:
+    return Registry(CtgovSettings(base_url=fake.base_url, retries=retries, backoff_s=0.5), sleep=waits.append)
+
+
+def test_429_is_retried_after_waiting_as_long_as_retry_after_says(served: FakeRegistry) -> None:
+    waits: list[float] = []
+    served.faults.rate_limit_next, served.faults.retry_after = 1, "7"
+    registry = client(served, waits)
+    assert registry.data_timestamp() == served.data_timestamp
+    assert waits == [7.0]
+    assert [s.status for s in served.log] == [429, 200] and registry.traffic.requests == 2
+
+
+def test_server_errors_are_retried_with_growing_backoff(served: FakeRegistry) -> None:
+    waits: list[float] = []
+    served.faults.server_error_next = 3
+    registry = client(served, waits)
+    registry.data_timestamp()
+    assert [s.status for s in served.log] == [503, 503, 503, 200] and registry.traffic.requests == 4
+    assert waits[0] == 0 and 0 < waits[1] < waits[2] <= 60  # the first retry at once, then exponential backoff
+
+
+def test_persistent_429_gives_up_after_every_try_with_a_clear_message(served: FakeRegistry) -> None:
+    waits: list[float] = []
+    served.faults.rate_limit_next, served.faults.retry_after = 10, "1"
+    registry = client(served, waits)
+    with pytest.raises(RegistryError, match=r"rate limiting us \(429\) and kept doing so"):
+        registry.data_timestamp()
+    assert len(served.log) == registry.traffic.requests == 4  # 1 + 3 retries, each really sent
+    assert waits == [1.0, 1.0, 1.0]
+
+
+def test_connection_refused_is_retried_then_named(served: FakeRegistry) -> None:
+    waits: list[float] = []
+    registry = client(served, waits, retries=2)
+    address = served.base_url.split("/")[2]
+    served.stop()
+    with pytest.raises(RegistryError) as err:
+        registry.data_timestamp()
+    assert str(err.value) == f"{address} did not answer after 3 tries (connection refused)"
+    assert len(waits) == 2 and registry.traffic.requests == 3  # every retry waited (the first for 0 s)
 
 
 @responses.activate
-def test_persistent_429_gives_up_with_a_clear_message(registry: Registry, sleeps: list[float]) -> None:
-    responses.get(STUDIES, status=429, body="Too Many Requests")
-    with pytest.raises(RegistryError, match=r"rate limiting us \(429\)"):
-        list(registry.list_search({"query.cond": "x"}))
-    assert len(responses.calls) == registry.traffic.requests == 4  # 1 + 3 retries
-
-
-@responses.activate
-def test_400_text_body_is_shown_and_not_retried(registry: Registry, sleeps: list[float]) -> None:
+def test_400_text_body_is_shown_and_not_retried(registry: Registry) -> None:
     responses.get(STUDIES, status=400, body="`filter.phase` is unknown parameter", content_type="text/plain")
     with pytest.raises(RegistryError) as err:
         list(registry.list_search({"query.cond": "x"}))
     assert str(err.value) == "ctgov.test rejected the request (400): `filter.phase` is unknown parameter"
-    assert len(responses.calls) == 1 and sleeps == []
+    assert len(responses.calls) == 1
 
 
 @responses.activate
@@ -182,13 +189,6 @@ def test_json_of_the_wrong_shape_is_an_error(registry: Registry) -> None:
         list(registry.list_search({"query.cond": "x"}))
     responses.get(f"{BASE}/version", json={"apiVersion": "2.0.5"})
     with pytest.raises(RegistryError, match="without a dataTimestamp"):
-        registry.data_timestamp()
-
-
-@responses.activate
-def test_connection_refused_after_retries(registry: Registry, sleeps: list[float]) -> None:
-    responses.get(f"{BASE}/version", body=requests.exceptions.ConnectionError("Connection refused"))
-    with pytest.raises(RegistryError, match="did not answer"):
         registry.data_timestamp()
 
 

@@ -125,7 +125,7 @@ class _Retry(Retry):
         wait = self.get_retry_after(response) if response is not None and self.respect_retry_after_header else None
         if wait is None:
             wait = self.get_backoff_time()
-        if wait > 0 and watch.wait(min(wait, watch.max_wait_s)):
+        if watch.wait(min(wait, watch.max_wait_s)):
             raise Cancelled("stopping: the wait before the next try was cut short")
 
 
@@ -143,9 +143,15 @@ def user_agent(contact: str | None) -> str:
 
 
 class Registry:
-    def __init__(self, settings: CtgovSettings, cancel: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        settings: CtgovSettings,
+        cancel: threading.Event | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.settings = settings
         self.cancel = cancel
+        self.sleep = sleep  # tests record the waits instead of waiting
         self.base_url = settings.base_url
         self.host = host_label(settings.base_url)
         self.traffic = Traffic()
@@ -173,7 +179,7 @@ class Registry:
 
     def _wait(self, seconds: float) -> bool:
         if self.cancel is None:
-            time.sleep(seconds)
+            self.sleep(seconds)
             return False
         return self.cancel.wait(seconds)
 
