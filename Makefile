@@ -38,8 +38,9 @@ services:
 test: lint services
 	$(BIN)/python -m pytest -q
 
-bench: install
+bench: install services
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/store.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info
