@@ -233,9 +233,9 @@ def _wait(condition: Any, timeout: float) -> None:
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = [
-        f"{'backend':<11} {'cycle':<9} {'N':>6} {'requests':>8} {'wall s':>7} {'CPU s':>6} {'peak MB':>7} {'changes':>9}"
-    ]
+    columns = ("backend", 11, "<"), ("cycle", 9, "<"), ("N", 6, ">"), ("requests", 8, ">"), ("wall s", 7, ">")
+    columns += ("CPU s", 6, ">"), ("peak MB", 7, ">"), ("changes", 9, ">")
+    lines = [" ".join(f"{name:{align}{width}}" for name, width, align in columns)]
     for r in result["syncs"]:
         lines.append(
             f"{r['backend']:<11} {r['cycle']:<9} {r['n']:>6} {r['requests']:>8} {r['wall_s']:>7.2f} {r['cpu_s']:>6.2f} "
