@@ -103,6 +103,9 @@ def setup_logging(level: str, force: bool = False) -> None:
     if level.lower() != "debug":
         # urllib3 logs each retry at WARNING; our own one-line error says what happened
         logging.getLogger("urllib3").setLevel(logging.ERROR)
+    from watcher import masking
+
+    masking.install()  # secrets read from the environment never reach a log line; Apprise stays at WARNING
 
 
 @click.group(cls=WatcherGroup, context_settings={"help_option_names": ["-h", "--help"]})
