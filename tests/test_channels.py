@@ -162,6 +162,28 @@ def test_the_readme_shows_how_to_verify_a_signature() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "matrix://{env:MATRIX_TOKEN}@matrix.example.org/#mg-trials",
+            "matrix://{env:MATRIX_TOKEN}@matrix.example.org/#mg-trials",
+        ),
+        (
+            "matrix://bot:{env:MATRIX_PASSWORD}@matrix.example.org/#r",
+            "matrix://bot:{env:MATRIX_PASSWORD}@matrix.example.org/#r",
+        ),
+        ("jsons://user:literal-pw@example.org/hook", "jsons://user:****@example.org/hook"),
+        (f"json://example.org/{TOKEN}", "json://example.org/****"),  # a value read from the environment
+    ],
+)
+def test_urls_are_shown_as_written_with_no_secret(url: str, shown: str) -> None:
+    from watcher import masking
+
+    masking.remember(TOKEN)
+    assert masking.shown_url(url) == shown
+
+
 def test_a_webhook_is_known_by_its_host_and_a_digest_never_by_a_password(tmp_path: Path) -> None:
     path = tmp_path / "w.toml"
     url = "https://user:hunter2-pw@hooks.example.org/x"

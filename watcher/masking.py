@@ -88,10 +88,12 @@ _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/?#
 def shown_url(template: str) -> str:
     """A URL as people may see it: as written, `{env:NAME}` left unexpanded, a literal password
     (`user:password@`) masked, and any remembered secret masked."""
-    match = _USERINFO.match(template)
-    if match and not ENV_REF.fullmatch(match["password"]):
-        template = f"{match['scheme']}{match['user']}:{MASK}@{template[match.end() :]}"
-    return mask(template)
+    refs = ENV_REF.findall(template)
+    text = ENV_REF.sub(lambda m: f"\x00{refs.index(m[1])}\x00", template)  # a {env:NAME} holds a ":" itself
+    match = _USERINFO.match(text)
+    if match and not re.fullmatch(r"\x00\d+\x00", match["password"]):
+        text = f"{match['scheme']}{match['user']}:{MASK}@{text[match.end() :]}"
+    return mask(re.sub(r"\x00(\d+)\x00", lambda m: f"{{env:{refs[int(m[1])]}}}", text))
 
 
 def scheme_of(url: str) -> str:
