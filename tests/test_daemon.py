@@ -113,7 +113,8 @@ def test_scheduler_never_overlaps_and_coalesces_missed_runs(tmp_path: Path, fake
     worker = make_worker(tmp_path, fake, None, "daily", 'sync_every = "6h"\ndigest_time = "08:00"', clock)
     scheduler = build_scheduler(worker, clock())
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"sync", "digests", "retry"}
+    assert set(jobs) == {"sync", "digests", "retry", "resend"}
+    assert jobs["resend"].trigger.interval == timedelta(minutes=1)  # a deferred message's first wait is 2 minutes
     for job in jobs.values():
         assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, None)
     assert jobs["sync"].next_run_time == clock()  # syncs once at start
@@ -121,7 +122,7 @@ def test_scheduler_never_overlaps_and_coalesces_missed_runs(tmp_path: Path, fake
     (tmp_path / "cron").mkdir()
     cron = make_worker(tmp_path / "cron", fake, None, "daily", 'sync_cron = "0 */6 * * *"', clock)
     ids = {job.id for job in build_scheduler(cron, clock()).get_jobs()}
-    assert ids == {"sync", "first-sync", "digests", "retry"}
+    assert ids == {"sync", "first-sync", "digests", "retry", "resend"}
 
 
 def test_operator_is_told_once_after_repeated_failures_and_on_recovery(

@@ -103,6 +103,9 @@ def setup_logging(level: str, force: bool = False) -> None:
     if level.lower() != "debug":
         # urllib3 logs each retry at WARNING; our own one-line error says what happened
         logging.getLogger("urllib3").setLevel(logging.ERROR)
+    from watcher import masking
+
+    masking.install()  # secrets read from the environment never reach a log line; Apprise stays at WARNING
 
 
 @click.group(cls=WatcherGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -404,7 +407,7 @@ def digest_send(app: App, dry_run: bool, everyone: bool, retry_failed: bool, wor
     from watcher.outbox import retry_failed as requeue
 
     config, store = app.config, app.store
-    if not config.subscribers:
+    if not config.subscribers and not config.webhooks:
         echo(f"No subscribers in {config.path.name}: add [[subscriber]] tables to send digests.")
         return
     if retry_failed and not dry_run:
@@ -414,17 +417,18 @@ def digest_send(app: App, dry_run: bool, everyone: bool, retry_failed: bool, wor
     if not report.outcomes:
         echo("No digest is due.")
         return
-    width = max(len(o.email) for o in report.outcomes)
+    width = max(len(o.recipient) for o in report.outcomes)
     for o in report.outcomes:
         changes = present.plural(o.changes, "change")
+        via = f" via {o.via}" if o.via else ""
         if o.status is SendStatus.WOULD_SEND:
-            echo(f"would send  {o.email.ljust(width)}  {o.subject} ({changes})")
+            echo(f"would send  {o.recipient.ljust(width)}  {o.subject} ({changes}){via}")
         elif o.status is SendStatus.SENT:
-            echo(f"sent        {o.email.ljust(width)}  {o.subject} ({changes}) via {report.transport}")
+            echo(f"sent        {o.recipient.ljust(width)}  {o.subject} ({changes}){via}")
         elif o.status is SendStatus.DEFERRED:
-            echo(f"error: {o.email}: {o.detail}; it stays queued and will be retried.", err=True)
+            echo(f"error: {o.recipient}: {o.detail}; it stays queued and will be retried.", err=True)
         else:
-            echo(f"error: {o.email}: {o.detail}; the digest is marked failed (see: watcher subscribers).", err=True)
+            echo(f"error: {o.recipient}: {o.detail}; the digest is marked failed (see: watcher subscribers).", err=True)
     if not report.ok:
         raise click.exceptions.Exit(1)
 
@@ -467,13 +471,14 @@ def subscribers(app: App, as_json: bool) -> None:
     from watcher.subscribers import statuses as subscriber_statuses
 
     statuses, unsubscribed = subscriber_statuses(app.config, app.reader)
-    for email in unsubscribed:
-        echo(f"warning: {email} unsubscribed by link: skipped until they subscribe again", err=True)
+    for who in unsubscribed:
+        echo(f"warning: {who} unsubscribed by link: skipped until they subscribe again", err=True)
     if as_json:
         _print_json(
             [
                 {
-                    "email": s.email, "source": s.source.value, "state": s.state.value, "watches": list(s.watches),
+                    "email": s.email, "name": s.name, "notify": list(s.notify), "webhook": s.webhook,
+                    "source": s.source.value, "state": s.state.value, "watches": list(s.watches),
                     "frequency": s.frequency, "kinds": list(s.kinds),
                     "since": iso(s.since), "last_delivered": iso(s.last_delivered),
                     "pending_changes": s.pending_changes, "queued_digests": s.queued,
@@ -488,7 +493,11 @@ def subscribers(app: App, as_json: bool) -> None:
         return
     for s in statuses:
         last = f"{s.last_delivered:%Y-%m-%d %H:%M} UTC" if s.last_delivered else "never"
-        echo(f"{s.email}  ({s.frequency}) follows {', '.join(s.watches)}")
+        echo(f"{s.who}  ({s.frequency}) follows {', '.join(s.watches)}")
+        if s.name and s.email:
+            echo(f"  email {s.email}")
+        for url in s.notify:
+            echo(f"  channel {url}")
         kinds = f" · only {', '.join(s.kinds)}" if s.kinds else ""
         echo(f"  last digest {last} · {present.plural(s.pending_changes, 'change')} pending · {s.queued} queued{kinds}")
         for digest_id, error in s.failed:
@@ -509,6 +518,28 @@ def test_email(app: App, email: str) -> None:
         raise ConfigError(str(exc)) from None
     via = send_sample(app.config, email)
     echo(f"Sample digest sent to {email} via {via}.")
+
+
+@cli.command("test-notify")
+@click.argument("url")
+@click.pass_obj
+def test_notify(app: App, url: str) -> None:
+    """Send a sample digest through one Apprise URL (a chat or push channel), to check it and the look.
+
+    Write secrets as {env:NAME}: they are read from the environment, never shown.
+    """
+    from watcher.channels import check_url
+    from watcher.config import check_notify_url
+    from watcher.delivery import send_sample_notify
+    from watcher.masking import shown_url
+
+    try:
+        check_notify_url(url)
+        check_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"test-notify: {exc}") from None
+    count = send_sample_notify(url)
+    echo(f"Sample digest sent through {shown_url(url)}" + (f" in {count} messages." if count > 1 else "."))
 
 
 # --- the daemon --------------------------------------------------------------------------

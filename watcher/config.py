@@ -3,7 +3,8 @@
 Strict on purpose: an unknown key, a wrong type or a bad value is a `ConfigError` whose
 message names the file, the table, the key and the value, so a typo never silently falls
 back to a default. Secrets are never read from the file: `[smtp] password_env` names an
-environment variable that is read only when a message is sent.
+environment variable that is read only when a message is sent, and so do `{env:NAME}` in a
+channel or webhook URL and `[[webhook]] secret_env` (see `watcher.masking`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from watcher import masking
 from watcher.changes import Category
 from watcher.errors import ConfigError
 from watcher.fields import STATUS_LABELS
@@ -150,6 +152,36 @@ def _env_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
         raise ValueError(f'"{value}" is not an environment variable name')
     return value
+
+
+def _notify_urls(values: list[str]) -> tuple[str, ...]:
+    """Each a single Apprise URL (`scheme://…`), `{env:NAME}` well formed. Apprise itself checks
+    them once the whole table is read (see `_check_channels`)."""
+    for value in values:
+        if not value or any(c.isspace() for c in value):
+            raise ValueError(f"{_show_url(value)} must be a single URL, without spaces")
+        if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
+            raise ValueError(f"{_show_url(value)} is not a URL (like matrix://TOKEN@HOST/#ROOM or ntfy://HOST/TOPIC)")
+        masking.env_names(value)
+    if len({v for v in values}) != len(values):
+        raise ValueError("lists a URL more than once")
+    return tuple(values)
+
+
+def check_notify_url(value: str) -> None:
+    """ValueError unless `value` is one well-formed Apprise URL (see `watcher.channels.check_url` for the rest)."""
+    _notify_urls([value])
+
+
+def _webhook_url(value: str) -> str:
+    masking.env_names(value)
+    if not re.match(r"https?://[^\s/?#]+", value) or any(c.isspace() for c in value):
+        raise ValueError(f"{_show_url(value)} is not an http(s) URL")
+    return value
+
+
+def _show_url(value: str) -> str:
+    return json.dumps(masking.shown_url(value), ensure_ascii=False)
 
 
 _DATABASE_URL = re.compile(r"(?P<scheme>[a-z0-9+]+)://(?P<rest>.*)", re.IGNORECASE)
@@ -344,10 +376,53 @@ class SmtpSettings:
 
 @dataclass(frozen=True)
 class Subscriber:
-    email: str = field(metadata=_check(check_email))
+    """Someone who gets digests: by email, on channels (Apprise URLs), or both."""
+
+    name: str | None = field(default=None, metadata=_check(_name))
+    email: str | None = field(default=None, metadata=_check(check_email))
+    notify: tuple[str, ...] = field(default=(), metadata=_check(_notify_urls))  # URL templates, {env:NAME} kept
     watches: tuple[str, ...] = ()
     frequency: Frequency = field(default=Frequency.DAILY, metadata=_check(_member(Frequency)))
     kinds: tuple[Category, ...] = field(default=(), metadata=_check(_kinds))
+
+    @property
+    def key(self) -> str:
+        """How the database knows them: the email lower-cased, else the name. Names hold no "@"
+        (emails always do), so the two never collide."""
+        return self.email.lower() if self.email else (self.name or "")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.email or ""
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A signed JSON POST of each batch of changes in the watches it names."""
+
+    url: str = field(metadata=_check(_webhook_url))  # a template: {env:NAME} kept
+    secret_env: str = field(metadata=_check(_env_name))
+    watches: tuple[str, ...] = ()
+    timeout_s: float = field(default=10.0, metadata=_check(_positive))
+
+    @property
+    def key(self) -> str:
+        """How the database knows it (as a subscriber): its host and a digest of its URL as written.
+        Holds no "@" and has a ":", so it never collides with an email or a subscriber's name."""
+        netloc = re.sub(r"^https?://", "", self.url).split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+        host = netloc.rpartition("@")[2]  # never a user or password written in the URL
+        return f"webhook:{host}:{hashlib.sha256(self.url.encode()).hexdigest()[:10]}"
+
+    @property
+    def shown(self) -> str:
+        return masking.shown_url(self.url)
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    notify: tuple[str, ...] = field(
+        default=(), metadata=_check(_notify_urls)
+    )  # operator alerts, beside [mail] operator
 
 
 @dataclass(frozen=True)
@@ -376,6 +451,8 @@ class Config:
     smtp: SmtpSettings | None
     subscribers: tuple[Subscriber, ...]
     schedule: ScheduleSettings
+    webhooks: tuple[Webhook, ...] = ()
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     @property
     def folder(self) -> Path:
@@ -399,11 +476,12 @@ class Config:
         known = ", ".join(w.name for w in self.watches) or "none"
         raise ConfigError(f'no watch named "{name}" in {self.path.name} (watches: {known})')
 
-    def subscriber(self, email: str) -> Subscriber:
+    def subscriber(self, who: str) -> Subscriber:
+        """A subscriber by email or name."""
         for s in self.subscribers:
-            if s.email.lower() == email.lower():
+            if who.lower() in (s.key.lower(), (s.email or "").lower(), (s.name or "").lower()):
                 return s
-        raise ConfigError(f'no subscriber "{email}" in {self.path.name}')
+        raise ConfigError(f'no subscriber "{who}" in {self.path.name}')
 
     @property
     def watches_fingerprint(self) -> str:
@@ -421,7 +499,7 @@ def resolve_sqlite_path(url: str, folder: Path, filename: str) -> Path:
 
 # --- loading ----------------------------------------------------------------------------
 
-_TOP_LEVEL = ("ctgov", "database", "watch", "mail", "smtp", "subscriber", "schedule")
+_TOP_LEVEL = ("ctgov", "database", "watch", "mail", "smtp", "subscriber", "webhook", "alerts", "schedule")
 
 
 def config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -446,7 +524,12 @@ def parse_config(raw: dict[str, Any], path: Path, shown: str | None = None) -> C
     loader = _Loader(shown or path.name)
     loader.unknown(raw, _TOP_LEVEL, "")
     watches = tuple(
-        loader.build(Watch, t, f"[[watch]] #{i + 1}", label=lambda t: f'[watch "{t.get("name")}"]')
+        loader.build(
+            Watch,
+            t,
+            f"[[watch]] #{i + 1}",
+            label=lambda t: f'[watch "{t["name"]}"]' if isinstance(t.get("name"), str) else None,
+        )
         for i, t in enumerate(loader.tables(raw, "watch"))
     )
     names = [w.name for w in watches]
@@ -461,19 +544,36 @@ def parse_config(raw: dict[str, Any], path: Path, shown: str | None = None) -> C
             loader.fail(f'[watch "{w.name}"]', "statuses", "filters a search: add condition, intervention or term")
 
     subscribers = tuple(
-        loader.build(Subscriber, t, f"[[subscriber]] #{i + 1}", label=lambda t: f'[subscriber "{t.get("email")}"]')
+        loader.build(Subscriber, t, f"[[subscriber]] #{i + 1}", label=_subscriber_label)
         for i, t in enumerate(loader.tables(raw, "subscriber"))
     )
-    emails = [s.email.lower() for s in subscribers]
-    for s in subscribers:
-        where = f'[subscriber "{s.email}"]'
-        if emails.count(s.email.lower()) > 1:
+    emails = [s.email.lower() for s in subscribers if s.email]
+    sub_names = [s.name.lower() for s in subscribers if s.name]
+    for i, s in enumerate(subscribers):
+        where = f'[subscriber "{s.label}"]' if s.label else f"[[subscriber]] #{i + 1}"
+        if not s.email and not s.notify:
+            loader.fail(where, "email", "a subscriber needs an email address, notify URLs, or both")
+        if not s.email and not s.name:
+            loader.fail(where, "name", "is required when there is no email")
+        if s.email and emails.count(s.email.lower()) > 1:
             loader.fail(where, "email", f'"{s.email}" is listed more than once')
-        if not s.watches:
-            loader.fail(where, "watches", "empty: name at least one watch")
-        for name in s.watches:
-            if name not in names:
-                loader.fail(where, "watches", f'"{name}" is not a watch in this file{loader.suggest(name, names)}')
+        if s.name and sub_names.count(s.name.lower()) > 1:
+            loader.fail(where, "name", f'"{s.name}" is used by more than one subscriber')
+        _check_watches(loader, where, s.watches, names)
+        _check_channels(loader, where, s.notify)
+
+    webhooks = tuple(
+        loader.build(Webhook, t, f"[[webhook]] #{i + 1}", label=_webhook_label)
+        for i, t in enumerate(loader.tables(raw, "webhook"))
+    )
+    urls = [w.url for w in webhooks]
+    for w in webhooks:
+        where = f'[webhook "{w.shown}"]'
+        if urls.count(w.url) > 1:
+            loader.fail(where, "url", "is listed more than once")
+        _check_watches(loader, where, w.watches, names)
+    alerts = loader.build(AlertSettings, loader.table(raw, "alerts"), "[alerts]")
+    _check_channels(loader, "[alerts]", alerts.notify)
 
     schedule = loader.build(ScheduleSettings, loader.table(raw, "schedule"), "[schedule]")
     if schedule.sync_every and schedule.sync_cron:
@@ -488,6 +588,8 @@ def parse_config(raw: dict[str, Any], path: Path, shown: str | None = None) -> C
         smtp=loader.build(SmtpSettings, raw["smtp"], "[smtp]") if "smtp" in raw else None,
         subscribers=subscribers,
         schedule=schedule,
+        webhooks=webhooks,
+        alerts=alerts,
     )
     if config.database.is_sqlite:
         resolve_sqlite_path(config.database.url, path.parent, loader.filename)
@@ -498,6 +600,39 @@ def parse_config(raw: dict[str, Any], path: Path, shown: str | None = None) -> C
             "[mail]", "from", "is required with [smtp]: the address digests come from (never watcher@localhost)"
         )
     return config
+
+
+def _subscriber_label(table: dict[str, Any]) -> str | None:
+    who = table.get("name", table.get("email"))
+    return f'[subscriber "{who}"]' if isinstance(who, str) else None
+
+
+def _webhook_label(table: dict[str, Any]) -> str | None:
+    url = table.get("url")
+    return f'[webhook "{masking.shown_url(url)}"]' if isinstance(url, str) else None
+
+
+def _check_watches(loader: _Loader, where: str, watches: tuple[str, ...], names: list[str]) -> None:
+    if not watches:
+        loader.fail(where, "watches", "empty: name at least one watch")
+    for name in watches:
+        if name not in names:
+            loader.fail(where, "watches", f'"{name}" is not a watch in this file{loader.suggest(name, names)}')
+
+
+def _check_channels(loader: _Loader, where: str, urls: tuple[str, ...]) -> None:
+    """Apprise checks each URL (only when there are any: Apprise takes a third of a second to load).
+    A URL whose `{env:NAME}` is not set here is checked only for its scheme; it is checked
+    whole where it is sent (the environment is read then)."""
+    if not urls:
+        return
+    from watcher.channels import check_url
+
+    for url in urls:
+        try:
+            check_url(url)
+        except ValueError as exc:
+            loader.fail(where, "notify", str(exc))
 
 
 class _Loader:
@@ -533,12 +668,16 @@ class _Loader:
         return value
 
     def build(
-        self, cls: type, table: dict[str, Any], where: str, label: Callable[[dict[str, Any]], str] | None = None
+        self,
+        cls: type,
+        table: dict[str, Any],
+        where: str,
+        label: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> Any:
         if not isinstance(table, dict):
             raise ConfigError(f"{self.filename}: {where} must be a table, not {_kind(table)}")
-        if label and isinstance(table.get("name", table.get("email")), str):
-            where = label(table)
+        if label:
+            where = label(table) or where
         hints = typing.get_type_hints(cls)
         fields_by_key = {f.name.rstrip("_"): f for f in dataclasses.fields(cls)}
         self.unknown(table, fields_by_key, where)

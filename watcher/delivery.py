@@ -5,6 +5,10 @@ committed before any send. It becomes `sent` only after the mail server (or the 
 folder) accepted it; a deferral leaves it `pending` for the next run, a permanent refusal
 marks it `failed` with the server's reply. A change reaches a subscriber in one digest only.
 
+A subscriber's digest is one row per way it travels, all stored together and covering the
+same changes: the email, and the compact digest for each of their channels. A webhook gets
+one row with the changes of the watches it names.
+
 This module also owns each subscriber's state: since when they hear about changes, and the
 last digest slot handled for them.
 """
@@ -13,24 +17,25 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import insert
 from sqlmodel import Session, func, select
 
-from watcher import models
+from watcher import masking, models
 from watcher.changes import LoggedChange
 from watcher.clock import Clock, utcnow
-from watcher.config import Config, Frequency
+from watcher.config import Config, Frequency, Subscriber, Webhook
 from watcher.digest import Digest, Rendered, build
-from watcher.mailer import build_message, default_unsubscribe, make_transport, new_message_id
+from watcher.mailer import Rejected, Transport, build_message, default_unsubscribe, make_transport, new_message_id
 from watcher.models import table_of
-from watcher.outbox import Outcome, SendStatus, send_pending
-from watcher.states import DigestState
-from watcher.store import Store, load_records
+from watcher.outbox import Claimed, Outcome, SendStatus, send_pending
+from watcher.states import ChannelKind, DigestState
+from watcher.store import Store, load_records, study_rows
 from watcher.subscribers import ALL_WATCHES, Recipient, enroll, pending_changes, set_last_slot
 from watcher.timing import current_slot, is_due
 
@@ -67,7 +72,7 @@ def compose(
     records.update(load_records(session, {c.nct_id for c in changes} - set(records)))
     local_day = now.astimezone(ZoneInfo(config.schedule.timezone)).date()
     return build(
-        recipient.email, recipient.frequency, recipient.watch_names, changes, records, local_day,
+        recipient.email or recipient.label, recipient.frequency, recipient.watch_names, changes, records, local_day,
         unsubscribe_link(config), recipient.kinds,
     )  # fmt: skip
 
@@ -89,13 +94,12 @@ def queue_due(
         for recipient in due:
             try:
                 with session.begin_nested():
-                    outcome = _queue_one(session, config, recipient, pending[recipient.key], now, records, dry_run)
+                    outcomes = _queue_one(session, config, recipient, pending[recipient.key], now, records, dry_run)
             except Exception as exc:  # one subscriber's digest must not stop the others'
-                log.error("the digest for %s could not be built: %s", recipient.email, exc)
+                log.error("the digest for %s could not be built: %s", recipient.label, exc)
                 log.debug("digest failure details", exc_info=True)
-                outcome = Outcome(recipient.email, SendStatus.FAILED, "", 0, f"could not be built ({exc})")
-            if outcome is not None:
-                queued.append(outcome)
+                outcomes = [Outcome(recipient.label, SendStatus.FAILED, "", 0, f"could not be built ({exc})")]
+            queued.extend(outcomes)
         if dry_run:
             session.rollback()
     return queued
@@ -109,17 +113,61 @@ def _queue_one(
     now: datetime,
     records: dict[str, dict[str, Any]],
     dry_run: bool,
-) -> Outcome | None:
+) -> list[Outcome]:
+    """Every row of one recipient's digest (email, each channel) or webhook delivery, stored together."""
+    if recipient.webhook is not None:
+        return _queue_webhook(session, recipient.webhook, recipient.key, changes, now, dry_run)
     digest = compose(session, config, recipient, changes, now, records)
     slot = current_slot(now, recipient.frequency, config.schedule)
     if not dry_run and slot is not None:
         set_last_slot(session, recipient, slot)
     if digest is None:
-        return None
+        return []
+    routes: list[tuple[ChannelKind, str | None, str]] = []
+    if recipient.email:
+        routes.append((ChannelKind.EMAIL, None, recipient.email if recipient.label != recipient.email else ""))
+    routes += [(ChannelKind.CHANNEL, url, masking.shown_url(url)) for url in recipient.notify]
+    count = len(digest.change_ids)
     if dry_run:
-        return Outcome(recipient.email, SendStatus.WOULD_SEND, digest.subject, len(digest.change_ids))
-    digest_id = persist(session, config, digest, _render(digest), now, recipient.key)
-    return Outcome(recipient.email, SendStatus.QUEUED, digest.subject, len(digest.change_ids), digest_id=digest_id)
+        return [Outcome(recipient.label, SendStatus.WOULD_SEND, digest.subject, count, via=via) for _, _, via in routes]
+    outcomes = []
+    rendered: Rendered | None = None
+    chat: bytes | None = None
+    for kind, url, via in routes:
+        if kind is ChannelKind.EMAIL:
+            rendered = rendered or _render(digest)
+            digest_id = persist(session, config, digest, rendered, now, recipient.key)
+        else:
+            from watcher.channels import chat_digest, target_of
+
+            assert url is not None
+            chat = chat or chat_digest(digest).to_json()
+            digest_id = _insert(
+                session, recipient.key, ChannelKind.CHANNEL, target_of(url), str(uuid.uuid4()), digest.subject, chat,
+                digest.change_ids, now,
+            )  # fmt: skip
+        outcomes.append(
+            Outcome(recipient.label, SendStatus.QUEUED, digest.subject, count, digest_id=digest_id, via=via)
+        )
+    return outcomes
+
+
+def _queue_webhook(
+    session: Session, webhook: Webhook, key: str, changes: list[LoggedChange], now: datetime, dry_run: bool
+) -> list[Outcome]:
+    if not changes:
+        return []
+    subject = f"changes in {', '.join(webhook.watches)}"
+    if dry_run:
+        return [Outcome(f"webhook {webhook.shown}", SendStatus.WOULD_SEND, subject, len(changes))]
+    from watcher.webhooks import changes_payload
+
+    titles = {n: row.brief_title for n, row in study_rows(session, sorted({c.nct_id for c in changes})).items()}
+    digest_id = _insert(
+        session, key, ChannelKind.WEBHOOK, webhook.key, str(uuid.uuid4()), subject, changes_payload(changes, titles),
+        tuple(c.id for c in changes), now,
+    )  # fmt: skip
+    return [Outcome(f"webhook {webhook.shown}", SendStatus.QUEUED, subject, len(changes), digest_id=digest_id)]
 
 
 def _render(digest: Digest) -> Rendered:
@@ -132,24 +180,114 @@ def persist(session: Session, config: Config, digest: Digest, rendered: Rendered
     """Store a digest for the subscriber `key`, with its exact message, before any send; returns its id."""
     message_id = new_message_id(config.mail.from_)
     message = build_message(rendered, config.mail.from_, digest.email, message_id, now, digest.unsubscribe)
+    return _insert(session, key, ChannelKind.EMAIL, None, message_id, rendered.subject, message, digest.change_ids, now)
+
+
+def _insert(
+    session: Session,
+    key: str,
+    channel: ChannelKind,
+    target: str | None,
+    message_id: str,
+    subject: str,
+    message: bytes,
+    change_ids: tuple[int, ...],
+    now: datetime,
+) -> int:
+    """One outbox row and the changes it covers; returns its id."""
     outbox = table_of(models.OutboxMessage)  # Core: a thousand digests in one run stay cheap
     digest_id: int = session.execute(
         insert(outbox).returning(outbox.c.id),
         {
-            "email": key, "message_id": message_id, "subject": rendered.subject,
-            "message": message, "changes": len(digest.change_ids), "status": DigestState.PENDING,
-            "attempts": 0, "created_at": now,
+            "email": key, "message_id": message_id, "subject": subject, "message": message,
+            "changes": len(change_ids), "status": DigestState.PENDING, "attempts": 0, "created_at": now,
+            "channel": channel.value, "target": target, "parts_sent": 0,
         },
     ).scalar_one()  # fmt: skip
-    if digest.change_ids:
+    if change_ids:
         session.execute(
             insert(table_of(models.DigestChange)),
-            [{"digest_id": digest_id, "change_id": change_id} for change_id in digest.change_ids],
+            [{"digest_id": digest_id, "change_id": change_id} for change_id in change_ids],
         )
     return digest_id
 
 
 # --- sending ---------------------------------------------------------------------------------
+
+
+class Couriers:
+    """Carries outbox messages of every kind for one sender: emails over the mail transport (one
+    session for the run), channel messages through Apprise, webhooks over one HTTP session.
+    Channels and webhooks are found in the config by what the row names; one no longer there
+    is refused for good."""
+
+    def __init__(self, config: Config) -> None:
+        from watcher.channels import target_of
+
+        self.config = config
+        self.mail: Transport = make_transport(config)
+        self.subscribers: dict[str, Subscriber] = {s.key: s for s in config.subscribers}
+        self.channels: dict[tuple[str, str], str] = {
+            (s.key, target_of(url)): url for s in config.subscribers for url in s.notify
+        }
+        self.webhooks: dict[str, Webhook] = {w.key: w for w in config.webhooks}
+        self._chat: Any = None
+        self._hooks: Any = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for part in (self.mail, self._chat, self._hooks):
+            if part is not None:
+                part.__exit__(*exc)
+
+    def who(self, claimed: Claimed) -> str:
+        if claimed.channel is ChannelKind.WEBHOOK:
+            hook = self.webhooks.get(claimed.email)
+            return f"webhook {hook.shown}" if hook else claimed.email
+        subscriber = self.subscribers.get(claimed.email)
+        if claimed.channel is ChannelKind.EMAIL or subscriber is None:
+            return subscriber.email if subscriber and subscriber.email else claimed.email
+        return subscriber.label
+
+    def via(self, claimed: Claimed) -> str:
+        """Where it goes, when `who` does not say it already."""
+        if claimed.channel is ChannelKind.EMAIL:
+            return self.mail.description
+        if claimed.channel is ChannelKind.WEBHOOK:
+            return ""
+        url = self.channels.get((claimed.email, claimed.target or ""))
+        return masking.shown_url(url) if url else "a channel no longer in the config"
+
+    def deliver(self, claimed: Claimed) -> None:
+        if claimed.channel is ChannelKind.EMAIL:
+            self.mail.send(claimed.message, self.config.mail.from_, claimed.email, claimed.name)
+        elif claimed.channel is ChannelKind.CHANNEL:
+            self._deliver_chat(claimed)
+        else:
+            self._deliver_webhook(claimed)
+
+    def _deliver_chat(self, claimed: Claimed) -> None:
+        from watcher.channels import ChannelSender, ChatDigest
+
+        url = self.channels.get((claimed.email, claimed.target or ""))
+        if url is None:
+            raise Rejected("the channel is no longer in the config")
+        if self._chat is None:
+            self._chat = ChannelSender()
+        self._chat.send(url, ChatDigest.from_json(claimed.message), claimed.parts_sent)
+
+    def _deliver_webhook(self, claimed: Claimed) -> None:
+        from watcher.registry import user_agent
+        from watcher.webhooks import WebhookSender
+
+        hook = self.webhooks.get(claimed.email)
+        if hook is None:
+            raise Rejected("the webhook is no longer in the config")
+        if self._hooks is None:
+            self._hooks = WebhookSender(user_agent(self.config.ctgov.contact))
+        self._hooks.send(hook.url, hook.secret_env, claimed.message_id, claimed.message, utcnow(), hook.timeout_s)
 
 
 def send_due(
@@ -160,10 +298,13 @@ def send_due(
     dry_run: bool = False,
     cancel: threading.Event | None = None,
     workers: int = 1,
+    respect_backoff: bool = False,
 ) -> SendReport:
     """Queue every due digest, then send everything queued (including earlier deferrals).
 
     Other senders may run at the same time (see `watcher.outbox`): each message goes out once.
+    `respect_backoff` (the daemon) leaves a deferred message alone until its wait is over; a
+    manual `digest send` tries every pending message at once.
     """
     report = SendReport(transport=make_transport(config).description)
     queued = queue_due(config, store, clock(), everyone=everyone, dry_run=dry_run)
@@ -171,9 +312,18 @@ def send_due(
         report.outcomes = queued
         return report
     unbuilt = [o for o in queued if o.status is SendStatus.FAILED]  # said here, or nobody would hear of them
-    report.outcomes = unbuilt + send_pending(
-        store, lambda: make_transport(config), config.mail.from_, clock, cancel, workers
-    )
+    sent = send_pending(store, lambda: Couriers(config), clock, cancel, workers, respect_backoff)
+    report.outcomes = unbuilt + sent
+    return report
+
+
+def resend_due(
+    config: Config, store: Store, clock: Clock = utcnow, cancel: threading.Event | None = None
+) -> SendReport:
+    """The daemon between its jobs: send the pending messages whose wait after a deferral is over
+    (nothing is queued here)."""
+    report = SendReport(transport=make_transport(config).description)
+    report.outcomes = send_pending(store, lambda: Couriers(config), clock, cancel, 1, respect_backoff=True)
     return report
 
 
@@ -184,13 +334,20 @@ def preview(config: Config, store: Store, email: str, now: datetime) -> tuple[Di
         following = {
             row.watch: row.after_change
             for row in session.exec(
-                select(models.Subscription).where(models.Subscription.subscriber == subscriber.email.lower())
+                select(models.Subscription).where(models.Subscription.subscriber == subscriber.key)
             ).all()
         }
         newest = session.exec(select(func.max(models.ChangeEntry.id))).one() or 0
         watches = {w: following.get(w, following.get(ALL_WATCHES, newest)) for w in subscriber.watches}
         recipient = Recipient(
-            subscriber.email.lower(), subscriber.email, subscriber.frequency, subscriber.kinds, watches, None
+            subscriber.key,
+            subscriber.email,
+            subscriber.frequency,
+            subscriber.kinds,
+            watches,
+            None,
+            name=subscriber.name,
+            notify=subscriber.notify,
         )
         pending = pending_changes(session, [recipient])[recipient.key]
         digest = compose(session, config, recipient, pending, now)
@@ -212,3 +369,16 @@ def send_sample(config: Config, email: str, clock: Clock = utcnow) -> str:
     with transport:
         transport.send(message, config.mail.from_, email, f"{now:%Y%m%dT%H%M%SZ}-sample-{email}")
     return transport.description
+
+
+def send_sample_notify(url: str, clock: Clock = utcnow) -> int:
+    """`watcher test-notify`: a sample digest with one change of every kind through one Apprise URL
+    (nothing stored). Returns how many messages it took."""
+    from watcher.channels import send_sample
+    from watcher.digest import sample_changes
+
+    now = clock()
+    changes, records = sample_changes(now)
+    sample = build("test-notify", Frequency.DAILY, ["sample-watch"], changes, records, now.date(), "")
+    assert sample is not None
+    return send_sample(url, sample)

@@ -30,6 +30,9 @@ class StoreError(WatcherError):
 class DeliveryError(WatcherError):
     """A digest could not be delivered."""
 
+    # a message sent in several parts (a long digest split for a chat service): how many went out
+    parts_sent = 0
+
 
 class Cancelled(WatcherError):
     """The daemon is stopping: the job in flight gives up (its transaction rolls back)."""

@@ -144,14 +144,25 @@ class RejectedRecord(SQLModel, table=True):
 
 
 class OutboxMessage(SQLModel, table=True):
-    """The outbox: a digest is stored (with its exact message) before it is sent."""
+    """The outbox: a digest is stored (with its exact message) before it is sent.
+
+    A subscriber with an email and two channels gets three rows for one digest, each covering
+    the same changes; a webhook gets one. No secret is ever stored: a channel or webhook is
+    named by `target`, a digest of its URL as written in the config (`{env:NAME}` unexpanded).
+    """
 
     __tablename__ = "digest"
     id: int | None = Field(default=None, primary_key=True)
-    email: str = Field(index=True)  # lower-cased
-    message_id: str
+    email: str = Field(index=True)  # the subscriber's key: the email lower-cased, a name, or a webhook's key
+    message_id: str  # the Message-ID; a channel message's or webhook delivery's id (stable across retries)
     subject: str
-    message: bytes  # the whole RFC 5322 message, so a retry sends the same bytes
+    # email: the whole RFC 5322 message, so a retry sends the same bytes; channel: the compact digest
+    # (watcher.channels.ChatDigest as JSON); webhook: the change objects (JSON)
+    message: bytes
+    channel: str = Field(default="email", sa_column_kwargs={"server_default": "email"})  # a ChannelKind
+    target: str | None = None  # channel and webhook: which one (see watcher.channels.target_of)
+    parts_sent: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # of a digest split in parts
+    next_attempt_at: datetime | None = None  # after a deferral: the daemon waits until then
     changes: int
     status: str = Field(default="pending", index=True)  # a DigestState
     attempts: int = 0

@@ -12,6 +12,11 @@ sent, so that no two senders ever send it at the same time:
 
 Either way a message accepted by the server is marked `sent` and never sent again, and a
 message whose sender died mid-send is sent at most once more, with the same Message-ID.
+
+Emails, channel messages and webhooks are all rows here; a `Courier` knows how each kind
+travels. A deferred message waits before its next try (`retry_delay`: 2 minutes, then twice
+as long each time, at most 6 hours): the daemon respects that, a manual `digest send` tries
+every pending message at once.
 """
 
 from __future__ import annotations
@@ -24,24 +29,32 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol, Self
 
-from sqlalchemy import Connection, Row, Select, select, update
+from sqlalchemy import Connection, Row, Select, or_, select, update
 from sqlmodel import Session, col
 from sqlmodel import select as model_select
 
 from watcher import models
 from watcher.clock import Clock
 from watcher.db import Backend, process_alive, this_process
-from watcher.errors import WatcherError
-from watcher.mailer import Deferred, Rejected, Transport
+from watcher.errors import DeliveryError, WatcherError
+from watcher.mailer import Deferred, Rejected
 from watcher.models import table_of
-from watcher.states import DigestState
+from watcher.states import ChannelKind, DigestState
 from watcher.store import Store
 
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=10)  # longer than any one send; a crashed sender's claim ends with it
+FIRST_RETRY = timedelta(minutes=2)
+LAST_RETRY = timedelta(hours=6)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """How long a message waits after its `attempts`-th failed try: 2 min, 4, 8, … at most 6 h."""
+    delay: timedelta = FIRST_RETRY * 2 ** min(max(attempts - 1, 0), 16)
+    return min(delay, LAST_RETRY)
 
 
 class SendStatus(StrEnum):
@@ -54,22 +67,28 @@ class SendStatus(StrEnum):
 
 @dataclass
 class Outcome:
-    email: str
+    recipient: str  # who, as people may see it: an email, a subscriber's name, a webhook
     status: SendStatus
     subject: str
     changes: int
     detail: str = ""
     digest_id: int | None = None
+    via: str = ""  # where it went: the mail server, a channel, a webhook (secrets masked)
 
 
 @dataclass(frozen=True)
 class Claimed:
     id: int
-    email: str
+    email: str  # the subscriber's key
     subject: str
     changes: int
     message: bytes
     created_at: datetime
+    channel: ChannelKind = ChannelKind.EMAIL
+    target: str | None = None
+    message_id: str = ""
+    attempts: int = 0
+    parts_sent: int = 0
 
     @property
     def name(self) -> str:
@@ -85,33 +104,53 @@ class _Cursor:
         self.lock = threading.Lock()
 
 
-def _next_pending(after: int, limit: int) -> Select[Any]:
+def _next_pending(after: int, limit: int, due_at: datetime | None) -> Select[Any]:
+    """Pending messages after id `after`; with `due_at`, only those whose wait after a deferral is over."""
     outbox = table_of(models.OutboxMessage)
     c = outbox.c
-    return (
-        select(c.id, c.email, c.subject, c.changes, c.message, c.created_at, c.claimed_by, c.claimed_until)
+    query = (
+        select(
+            c.id, c.email, c.subject, c.changes, c.message, c.created_at, c.claimed_by, c.claimed_until,
+            c.channel, c.target, c.message_id, c.attempts, c.parts_sent,
+        )
         .where(c.status == DigestState.PENDING.value, c.id > after)
         .order_by(c.id)
         .limit(limit)
-    )
+    )  # fmt: skip
+    if due_at is not None:
+        query = query.where(or_(c.next_attempt_at.is_(None), c.next_attempt_at <= due_at))
+    return query
 
 
 def _claimed(row: Row[Any]) -> Claimed:
-    return Claimed(row.id, row.email, row.subject, row.changes, bytes(row.message), row.created_at)
+    return Claimed(
+        row.id, row.email, row.subject, row.changes, bytes(row.message), row.created_at,
+        ChannelKind(row.channel), row.target, row.message_id, row.attempts, row.parts_sent,
+    )  # fmt: skip
 
 
-def _mark(
-    session: Session | Connection, claimed: Claimed, state: DigestState, error: str | None, now: datetime
-) -> None:
+@dataclass(frozen=True)
+class Attempt:
+    """What became of one try: the new state, and for a message sent in parts, how many went out."""
+
+    state: DigestState
+    outcome: Outcome
+    parts_sent: int
+
+
+def _mark(session: Session | Connection, claimed: Claimed, attempt: Attempt, now: datetime) -> None:
     outbox = models.OutboxMessage
+    deferred = attempt.state is DigestState.PENDING
     session.execute(
         update(outbox)
         .where(col(outbox.id) == claimed.id)
         .values(
-            status=state,
+            status=attempt.state,
             attempts=outbox.attempts + 1,
-            last_error=error,
-            sent_at=now if state is DigestState.SENT else None,
+            last_error=attempt.outcome.detail or None,
+            sent_at=now if attempt.state is DigestState.SENT else None,
+            parts_sent=attempt.parts_sent,
+            next_attempt_at=now + retry_delay(claimed.attempts + 1) if deferred else None,
             claimed_by=None,
             claimed_until=None,
         )
@@ -122,11 +161,13 @@ def _mark(
 
 
 @contextmanager
-def _claim_postgres(store: Store, cursor: _Cursor) -> Iterator[tuple[Claimed, Connection] | None]:
+def _claim_postgres(
+    store: Store, cursor: _Cursor, due_at: datetime | None
+) -> Iterator[tuple[Claimed, Connection] | None]:
     """The next pending message, row-locked in a transaction that stays open while it is sent."""
     with store.engine.connect() as conn, conn.begin():
         with cursor.lock:
-            row = conn.execute(_next_pending(cursor.after, 1).with_for_update(skip_locked=True)).first()
+            row = conn.execute(_next_pending(cursor.after, 1, due_at).with_for_update(skip_locked=True)).first()
             if row is None:
                 yield None
                 return
@@ -135,13 +176,13 @@ def _claim_postgres(store: Store, cursor: _Cursor) -> Iterator[tuple[Claimed, Co
         yield claimed, conn
 
 
-def _claim_sqlite(store: Store, cursor: _Cursor, me: str, now: datetime) -> Claimed | None:
+def _claim_sqlite(store: Store, cursor: _Cursor, me: str, now: datetime, due_at: datetime | None) -> Claimed | None:
     """The next pending message no live sender holds, leased to `me`."""
     outbox = models.OutboxMessage
     with cursor.lock:
         while True:
             with store.write() as session:
-                rows = session.execute(_next_pending(cursor.after, 50)).all()
+                rows = session.execute(_next_pending(cursor.after, 50, due_at)).all()
                 if not rows:
                     return None
                 for row in rows:
@@ -158,88 +199,131 @@ def _claim_sqlite(store: Store, cursor: _Cursor, me: str, now: datetime) -> Clai
 # --- sending ------------------------------------------------------------------------------------
 
 
-def _deliver(transport: Transport, sender: str, claimed: Claimed) -> tuple[DigestState, Outcome]:
-    """Hand one message to the transport; what became of it. The command that sends reports the
-    outcome (the CLI prints it, the daemon logs it), so nothing is said twice here."""
+class Courier(Protocol):
+    """Carries outbox messages of every kind (see `watcher.delivery.Couriers`)."""
+
+    def deliver(self, claimed: Claimed) -> None:
+        """Returns when the message was accepted; raises Deferred or Rejected (with `parts_sent`)."""
+
+    def who(self, claimed: Claimed) -> str: ...
+
+    def via(self, claimed: Claimed) -> str: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def _deliver(courier: Courier, claimed: Claimed) -> Attempt:
+    """Hand one message to its courier; what became of it."""
+    who, via = courier.who(claimed), courier.via(claimed)
 
     def outcome(status: SendStatus, detail: str = "") -> Outcome:
-        return Outcome(claimed.email, status, claimed.subject, claimed.changes, detail, claimed.id)
+        return Outcome(who, status, claimed.subject, claimed.changes, detail, claimed.id, via)
 
+    kind = "digest" if claimed.channel is ChannelKind.EMAIL else f"{claimed.channel} message"
     try:
-        transport.send(claimed.message, sender, claimed.email, claimed.name)
+        courier.deliver(claimed)
     except Rejected as exc:
-        log.debug("digest %d to %s failed: %s", claimed.id, claimed.email, exc)
-        return DigestState.FAILED, outcome(SendStatus.FAILED, str(exc))
+        log.debug("%s %d to %s failed: %s", kind, claimed.id, who, exc)
+        return Attempt(
+            DigestState.FAILED, outcome(SendStatus.FAILED, str(exc)), max(exc.parts_sent, claimed.parts_sent)
+        )
     except Deferred as exc:
-        log.debug("digest %d to %s deferred: %s", claimed.id, claimed.email, exc)
-        return DigestState.PENDING, outcome(SendStatus.DEFERRED, str(exc))
+        log.debug("%s %d to %s deferred: %s", kind, claimed.id, who, exc)
+        return Attempt(
+            DigestState.PENDING, outcome(SendStatus.DEFERRED, str(exc)), max(exc.parts_sent, claimed.parts_sent)
+        )
+    except DeliveryError as exc:  # any other delivery error is temporary
+        log.debug("%s %d to %s deferred: %s", kind, claimed.id, who, exc)
+        return Attempt(DigestState.PENDING, outcome(SendStatus.DEFERRED, str(exc)), claimed.parts_sent)
     except WatcherError:  # the settings are wrong (a missing password): nothing can go out, stop here
         raise
-    except Exception as exc:  # whatever one address does, the others still get their mail
-        log.debug("digest %d to %s could not be sent", claimed.id, claimed.email, exc_info=True)
-        return DigestState.FAILED, outcome(SendStatus.FAILED, f"could not be sent ({type(exc).__name__}: {exc})")
-    log.info("digest %d sent to %s (%d changes)", claimed.id, claimed.email, claimed.changes)
-    return DigestState.SENT, outcome(SendStatus.SENT)
+    except Exception as exc:  # whatever one address does, the others still get theirs
+        log.debug("%s %d to %s could not be sent", kind, claimed.id, who, exc_info=True)
+        detail = f"could not be sent ({type(exc).__name__}: {exc})"
+        return Attempt(DigestState.FAILED, outcome(SendStatus.FAILED, detail), claimed.parts_sent)
+    log.info("%s %d sent to %s (%d changes)", kind, claimed.id, who, claimed.changes)
+    return Attempt(DigestState.SENT, outcome(SendStatus.SENT), claimed.parts_sent)
 
 
 def _sender(
     store: Store,
-    transport: Transport,
-    sender: str,
+    courier: Courier,
     clock: Clock,
     cursor: _Cursor,
     cancel: threading.Event | None,
     outcomes: list[Outcome],
+    respect_backoff: bool,
 ) -> None:
     me = this_process()
-    with transport:
+    with courier:
         while cancel is None or not cancel.is_set():
+            due_at = clock() if respect_backoff else None
             if store.backend is Backend.POSTGRESQL:
-                with _claim_postgres(store, cursor) as found:
+                with _claim_postgres(store, cursor, due_at) as found:
                     if found is None:
                         return
                     claimed, conn = found
-                    state, outcome = _deliver(transport, sender, claimed)
-                    _mark(conn, claimed, state, outcome.detail or None, clock())
+                    attempt = _deliver(courier, claimed)
+                    _mark(conn, claimed, attempt, clock())
             else:
-                claimed_row = _claim_sqlite(store, cursor, me, clock())
+                claimed_row = _claim_sqlite(store, cursor, me, clock(), due_at)
                 if claimed_row is None:
                     return
-                state, outcome = _deliver(transport, sender, claimed_row)
+                attempt = _deliver(courier, claimed_row)
                 with store.write(serial=False) as session:
-                    _mark(session, claimed_row, state, outcome.detail or None, clock())
-            outcomes.append(outcome)
+                    _mark(session, claimed_row, attempt, clock())
+            outcomes.append(attempt.outcome)
 
 
 def send_pending(
     store: Store,
-    transports: Callable[[], Transport],
-    sender: str,
+    couriers: Callable[[], Courier],
     clock: Clock,
     cancel: threading.Event | None = None,
     workers: int = 1,
+    respect_backoff: bool = False,
 ) -> list[Outcome]:
     """Try every pending message once, with `workers` senders side by side (each its own
-    connection to the mail server). One failing recipient does not stop the others."""
+    connection to the mail server). One failing recipient does not stop the others.
+    `respect_backoff` (the daemon) leaves a deferred message alone until its wait is over."""
     cursor = _Cursor()
     outcomes: list[Outcome] = []
+    if workers <= 1:
+        _sender(store, couriers(), clock, cursor, cancel, outcomes, respect_backoff)
+        return outcomes
     threads = [
         threading.Thread(
-            target=_sender, args=(store, transports(), sender, clock, cursor, cancel, outcomes), name=f"sender-{n}"
+            target=_sender,
+            args=(store, couriers(), clock, cursor, cancel, outcomes, respect_backoff),
+            name=f"sender-{n}",
         )
-        for n in range(max(1, workers))
+        for n in range(workers)
     ]
-    errors: list[BaseException] = []
-    if len(threads) == 1:
-        _sender(store, transports(), sender, clock, cursor, cancel, outcomes)
-        return outcomes
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    if errors:
-        raise errors[0]
     return sorted(outcomes, key=lambda o: o.digest_id or 0)
+
+
+def pending_due(store: Store, now: datetime) -> int:
+    """How many pending messages the daemon would try now."""
+    from sqlalchemy import func
+
+    outbox = table_of(models.OutboxMessage)
+    c = outbox.c
+    with store.read() as session:
+        return int(
+            session.execute(
+                select(func.count())
+                .select_from(outbox)
+                .where(
+                    c.status == DigestState.PENDING.value, or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
+                )
+            ).scalar_one()
+        )
 
 
 def retry_failed(store: Store) -> int:
@@ -248,5 +332,6 @@ def retry_failed(store: Store) -> int:
         rows = session.exec(model_select(outbox).where(outbox.status == DigestState.FAILED)).all()
         for row in rows:
             row.status = DigestState.PENDING
+            row.next_attempt_at = None
             session.add(row)
         return len(rows)

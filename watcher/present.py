@@ -188,6 +188,14 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(f"Next        {' · '.join(upcoming)}")
     digests = report["digests"]
     lines.append(f"Digests     {digests['pending']} queued · {digests['failed']} failed · {digests['sent']} sent")
+    kinds = {kind: counts for kind, counts in report.get("digests_by_channel", {}).items() if any(counts.values())}
+    if set(kinds) - {"email"}:
+        parts = []
+        for kind, counts in kinds.items():
+            shown = [f"{counts[state]} {word}" for state, word in (("sent", "sent"), ("pending", "queued"),
+                                                                    ("failed", "failed")) if counts[state]]  # fmt: skip
+            parts.append(f"{kind} {', '.join(shown)}")
+        lines.append(f"  by kind   {' · '.join(parts)}")
     if not report["runs"]:
         lines.append("Runs        none yet: run `watcher sync`")
     for run in report["runs"]:

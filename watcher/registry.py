@@ -105,6 +105,9 @@ class _Retry(Retry):
         error = kwargs.get("error") if "error" in kwargs else (args[3] if len(args) > 3 else None)
         wait = fresh.get_retry_after(response) if response is not None else None
         if wait is not None and wait > watch.max_wait_s:
+            if response is not None:
+                with contextlib.suppress(Exception):
+                    response.drain_conn()  # leave the connection clean for the next request
             again = datetime.now(UTC) + timedelta(seconds=wait)
             raise RetryAfterTooLong(
                 f"{watch.host} asked us to wait {wait:.0f} s before trying again (more than max_wait_s = "

@@ -2,8 +2,9 @@
 
 - syncs once at start, then every `sync_every` (or on `sync_cron`); immediate digests and
   any queued or overdue digests go out after each sync;
-- daily and weekly digests at `digest_time` in `timezone`; queued digests are retried every
-  15 minutes;
+- daily and weekly digests at `digest_time` in `timezone`; every 15 minutes whatever is due or
+  queued goes out, and every minute a deferred message whose wait is over is tried again (the
+  wait grows from 2 minutes: see `watcher.outbox.retry_delay`);
 - one daemon per database (an OS lock that dies with its process);
 - SIGTERM / SIGINT: the job in flight stops at its next request and rolls back, then exit 0.
 """
@@ -29,13 +30,21 @@ from watcher.db import Backend
 from watcher.errors import Cancelled, WatcherError
 from watcher.models import DaemonState
 from watcher.states import RunOutcome
-from watcher.store import Store, consecutive_failures, digest_counts, failure_streak, recent_runs
+from watcher.store import (
+    Store,
+    consecutive_failures,
+    digest_counts,
+    digest_counts_by_channel,
+    failure_streak,
+    recent_runs,
+)
 
 log = logging.getLogger(__name__)
 
 RETRY_EVERY_S = 15 * 60
 RETRY_FIRST_S = 5 * 60  # a failed sync is tried again this soon, then after twice as long, ...
 DEFAULT_SYNC_S = 6 * 3600
+RESEND_EVERY_S = 60  # deferred messages wait 2 minutes, then longer: tried within a minute of their time
 # never two runs of a job at once; after downtime, missed runs coalesce into one, however late
 JOB_OPTIONS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
 STOP_GRACE_S = 8.0
@@ -103,6 +112,7 @@ def status_report(store: Store) -> dict[str, Any]:
     with store.read() as session:
         runs = recent_runs(session, 5)
         digests = digest_counts(session)
+        by_channel = digest_counts_by_channel(session)
         state = session.get(DaemonState, 1)
     running = daemon_running(store)
     return {
@@ -123,6 +133,7 @@ def status_report(store: Store) -> dict[str, Any]:
             for r in runs
         ],
         "digests": digests,
+        "digests_by_channel": by_channel,
     }  # fmt: skip
 
 
@@ -155,6 +166,25 @@ class Worker:
             return
         with self.busy:
             self._digests()
+
+    def resend_job(self) -> None:
+        """Deferred messages whose wait is over, without queueing anything (cheap when there are none)."""
+        if self.cancel.is_set():
+            return
+        from watcher.outbox import pending_due
+
+        with self.busy:
+            try:
+                if not pending_due(self.store, self.clock()):
+                    return
+                from watcher.delivery import resend_due
+
+                started = time.monotonic()
+                report = resend_due(self.config, self.store, clock=self.clock, cancel=self.cancel)
+            except WatcherError as exc:
+                log.warning("resending deferred messages failed: %s", exc)
+                return
+            self._log_report(report, started)
 
     def _sync(self) -> None:
         from watcher.registry import Registry
@@ -246,6 +276,18 @@ class Worker:
         self._tell_operator(f"trial watcher: syncing has failed {len(streak)} times in a row", message)
 
     def _tell_operator(self, subject: str, text: str) -> None:
+        """By email (`[mail] operator`) and through `[alerts] notify`; never to subscribers."""
+        where = self.store.database.display
+        text = f"{text}\n\nDatabase: {where}\nThis goes to the operator only, never to subscribers.\n"
+        if self.config.alerts.notify:
+            from watcher.channels import send_alert
+
+            try:
+                failures = send_alert(self.config.alerts.notify, subject, text)
+            except WatcherError as exc:
+                failures = [str(exc)]
+            for failure in failures:
+                log.error("could not tell the operator: %s", failure)
         operator = self.config.mail.operator
         if not operator:
             return
@@ -254,8 +296,6 @@ class Worker:
         now = self.clock()
         sender = self.config.mail.from_
         message_id = new_message_id(sender, "alert")
-        where = self.store.database.display
-        text = f"{text}\n\nDatabase: {where}\nThis goes to the operator only, never to subscribers.\n"
         message = build_alert(subject, text, sender, operator, message_id, now)
         try:
             with make_transport(self.config) as transport:
@@ -264,19 +304,24 @@ class Worker:
             log.error("could not tell the operator %s: %s", operator, exc)
 
     def _digests(self) -> None:
-        if not self.config.subscribers:
+        if not self.config.subscribers and not self.config.webhooks:
             return
         from watcher.delivery import send_due
-        from watcher.outbox import SendStatus
 
         started = time.monotonic()
         try:
-            report = send_due(self.config, self.store, clock=self.clock, cancel=self.cancel)
+            report = send_due(self.config, self.store, clock=self.clock, cancel=self.cancel, respect_backoff=True)
         except Exception as exc:  # the daemon must never go quiet
             reason = str(exc) if isinstance(exc, WatcherError) else f"unexpected error: {type(exc).__name__}: {exc}"
             log.error("digests failed: %s; queued digests are retried every %d minutes", reason, RETRY_EVERY_S // 60)
             log.debug("digest failure details", exc_info=True)
             return
+        self._log_report(report, started)
+
+    @staticmethod
+    def _log_report(report: Any, started: float) -> None:
+        from watcher.outbox import SendStatus
+
         if report.outcomes:
             counts: dict[str, int] = {}
             for outcome in report.outcomes:
@@ -285,7 +330,7 @@ class Worker:
             log.info("digests: %s via %s in %.1f s", summary, report.transport, time.monotonic() - started)
             for outcome in report.outcomes:
                 if outcome.status is not SendStatus.SENT:
-                    log.warning("digest to %s %s: %s", outcome.email, outcome.status, outcome.detail)
+                    log.warning("digest to %s %s: %s", outcome.recipient, outcome.status, outcome.detail)
 
 
 # --- wiring ------------------------------------------------------------------------------
@@ -320,6 +365,10 @@ def build_scheduler(worker: Worker, start_at: datetime) -> Any:
     retry_start = start_at + timedelta(seconds=RETRY_EVERY_S)
     scheduler.add_job(
         worker.digest_job, IntervalTrigger(seconds=RETRY_EVERY_S, start_date=retry_start), id="retry", **JOB_OPTIONS
+    )
+    resend_start = start_at + timedelta(seconds=RESEND_EVERY_S)
+    scheduler.add_job(
+        worker.resend_job, IntervalTrigger(seconds=RESEND_EVERY_S, start_date=resend_start), id="resend", **JOB_OPTIONS
     )
     return scheduler
 
@@ -390,10 +439,11 @@ def run_daemon(config: Config, store: Store) -> None:
 
             scheduler.add_listener(after_job, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
             sync_desc = config.schedule.sync_cron or f"every {config.schedule.sync_every or '6h'}"
+            hooks = f", {len(config.webhooks)} webhooks" if config.webhooks else ""
             log.info(
-                "daemon started (pid %d): %d watches, %d subscribers, sync %s, digests at %s %s, database %s",
-                os.getpid(), len(config.watches), len(config.subscribers), sync_desc, config.schedule.digest_time,
-                config.schedule.timezone, store.database.display,
+                "daemon started (pid %d): %d watches, %d subscribers%s, sync %s, digests at %s %s, database %s",
+                os.getpid(), len(config.watches), len(config.subscribers), hooks, sync_desc,
+                config.schedule.digest_time, config.schedule.timezone, store.database.display,
             )  # fmt: skip
             if not worker.cancel.is_set():
                 scheduler.start()  # blocks until stop()

@@ -23,6 +23,14 @@ class DigestState(StrEnum):
     FAILED = "failed"  # refused for good; `digest send --retry-failed` queues it again
 
 
+class ChannelKind(StrEnum):
+    """How an outbox message travels."""
+
+    EMAIL = "email"  # an RFC 5322 message to a mail server (or the outbox folder)
+    CHANNEL = "channel"  # a compact digest to a chat or push service, through Apprise
+    WEBHOOK = "webhook"  # a signed JSON POST of the changes
+
+
 class SubscriberSource(StrEnum):
     CONFIG = "config"  # a [[subscriber]] table, managed by the operator
     WEB = "web"  # subscribed through the web pages

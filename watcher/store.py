@@ -32,7 +32,7 @@ from watcher.states import DigestState, RunKind, RunOutcome
 T = TypeVar("T")
 # The newest migration (watcher/migrations/versions); a test keeps the two in step. A database
 # at this revision opens without importing Alembic, so reading commands start fast.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 
 def chunks(items: Iterable[T], size: int = 500) -> Iterator[list[T]]:
@@ -468,8 +468,19 @@ def last_covered(session: Session, emails: Iterable[str]) -> dict[str, int]:
     return dict(session.exec(query).all())
 
 
+def digest_counts_by_channel(session: Session) -> dict[str, dict[str, int]]:
+    """Outbox messages by how they travel (email, channel, webhook), then by state."""
+    from watcher.states import ChannelKind
+
+    outbox = models.OutboxMessage
+    rows = session.exec(select(outbox.channel, outbox.status, func.count()).group_by(outbox.channel, outbox.status))
+    found: dict[tuple[str, str], int] = {(channel, status): n for channel, status, n in rows}
+    states = (DigestState.PENDING, DigestState.FAILED, DigestState.SENT)
+    return {kind.value: {s.value: found.get((kind, s), 0) for s in states} for kind in ChannelKind}
+
+
 def digest_counts(session: Session) -> dict[str, int]:
-    """Digests by state: pending, failed, sent."""
+    """Outbox messages (emails, channel messages and webhooks together) by state: pending, failed, sent."""
     outbox = models.OutboxMessage
     counts = dict(session.exec(select(outbox.status, func.count()).group_by(outbox.status)).all())
     return {state.value: counts.get(state, 0) for state in (DigestState.PENDING, DigestState.FAILED, DigestState.SENT)}

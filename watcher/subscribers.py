@@ -1,5 +1,9 @@
 """Subscribers as trial watcher keeps them: who they are, what they follow and since when.
 
+A subscriber is an email address, chat or push channels (Apprise URLs), or both; a webhook is
+kept the same way (an immediate subscriber of the watches it names), so that it too hears
+only of changes from the moment it was configured, and each change once.
+
 Config subscribers are copied into the database whenever the config is read (`enroll`), so
 that each subscription carries the moment it began: a subscriber hears about a watch's
 changes detected from then on, never its old news, and one who leaves a watch and comes
@@ -17,9 +21,9 @@ from datetime import datetime
 
 from sqlmodel import Session, col, delete, func, select
 
-from watcher import models
+from watcher import masking, models
 from watcher.changes import Category, LoggedChange
-from watcher.config import Config, Frequency
+from watcher.config import Config, Frequency, Subscriber, Webhook
 from watcher.fields import category_of
 from watcher.states import AccountState, SubscriberSource
 from watcher.store import Store, last_covered, query_changes
@@ -33,19 +37,29 @@ ALL_WATCHES = "*"
 
 @dataclass(frozen=True)
 class Recipient:
-    """A subscriber who gets digests now: their address, schedule, filter and subscriptions."""
+    """A subscriber (or webhook) who gets digests now: where to, schedule, filter and subscriptions."""
 
     key: str
-    email: str
+    email: str | None  # None: channels only (or a webhook)
     frequency: Frequency
     kinds: tuple[Category, ...]
     watches: dict[str, int]  # watch → the last change id before they followed it
     last_slot: datetime | None
     source: SubscriberSource = SubscriberSource.CONFIG
+    name: str | None = None
+    notify: tuple[str, ...] = ()  # Apprise URL templates ({env:NAME} unexpanded)
+    webhook: Webhook | None = None
 
     @property
     def watch_names(self) -> tuple[str, ...]:
         return tuple(sorted(self.watches))
+
+    @property
+    def label(self) -> str:
+        """How to name them to a person (never with a secret)."""
+        if self.webhook is not None:
+            return f"webhook {self.webhook.shown}"
+        return self.name or self.email or self.key
 
     def wants(self, change: LoggedChange) -> bool:
         """Whether this change is news to them: in a watch they followed when it was detected, of a kind they want."""
@@ -69,34 +83,42 @@ def _kinds(text: str | None) -> tuple[Category, ...]:
     return tuple(Category(k) for k in json.loads(text)) if text else ()
 
 
+def _configured(config: Config) -> dict[str, Subscriber | Webhook]:
+    """Config subscribers and webhooks by their key."""
+    found: dict[str, Subscriber | Webhook] = {sub.key: sub for sub in config.subscribers}
+    found.update({hook.key: hook for hook in config.webhooks})
+    return found
+
+
 def enroll(session: Session, config: Config, now: datetime) -> Roster:
-    """Bring the config's subscribers into the database and return everyone who gets digests now."""
+    """Bring the config's subscribers and webhooks into the database and return everyone who gets digests now."""
     accounts = {a.key: a for a in session.exec(select(models.SubscriberAccount)).all()}
     newest = session.exec(select(func.max(models.ChangeEntry.id))).one() or 0  # a subscription starts after it
     rows: dict[str, dict[str, models.Subscription]] = {}
     for row in session.exec(select(models.Subscription)).all():
         rows.setdefault(row.subscriber, {})[row.watch] = row
     roster = Roster()
-    configured: set[str] = set()
-    for sub in config.subscribers:
-        key = sub.email.lower()
-        configured.add(key)
+    configured = _configured(config)
+    for key, entry in configured.items():
+        email = entry.email if isinstance(entry, Subscriber) else None
+        frequency = entry.frequency if isinstance(entry, Subscriber) else Frequency.IMMEDIATE
+        kinds = entry.kinds if isinstance(entry, Subscriber) else ()
         account = accounts.get(key)
         if account is None:
             account = models.SubscriberAccount(
-                key=key, email=sub.email, source=SubscriberSource.CONFIG, state=AccountState.ACTIVE,
-                frequency=sub.frequency, since=now, last_slot=current_slot(now, sub.frequency, config.schedule),
+                key=key, email=email, source=SubscriberSource.CONFIG, state=AccountState.ACTIVE,
+                frequency=frequency, since=now, last_slot=current_slot(now, frequency, config.schedule),
                 created_at=now,
             )  # fmt: skip
             session.add(account)
             accounts[key] = account
         elif account.state == AccountState.UNSUBSCRIBED:
-            roster.unsubscribed.append(sub.email)
+            roster.unsubscribed.append(_label(entry))
             continue
-        account.email, account.frequency = sub.email, sub.frequency
-        account.kinds = json.dumps(list(sub.kinds)) if sub.kinds else None
+        account.email, account.frequency = email, frequency
+        account.kinds = json.dumps(list(kinds)) if kinds else None
         session.add(account)
-        _follow(session, key, sub.watches, rows.get(key, {}), now, newest)
+        _follow(session, key, entry.watches, rows.get(key, {}), now, newest)
     for key, account in accounts.items():  # config subscribers taken out of the config follow nothing now
         if account.source == SubscriberSource.CONFIG and key not in configured and rows.get(key):
             session.execute(delete(models.Subscription).where(col(models.Subscription.subscriber) == key))
@@ -108,16 +130,27 @@ def enroll(session: Session, config: Config, now: datetime) -> Roster:
         if row.watch in known:
             following.setdefault(row.subscriber, {})[row.watch] = row.after_change
     for key, account in sorted(accounts.items()):
-        live = key in configured or account.source == SubscriberSource.WEB
-        if not live or account.state != AccountState.ACTIVE or not following.get(key) or not account.email:
+        found = configured.get(key)
+        live = found is not None or account.source == SubscriberSource.WEB
+        if not live or account.state != AccountState.ACTIVE or not following.get(key):
+            continue
+        subscriber = found if isinstance(found, Subscriber) else None
+        webhook = found if isinstance(found, Webhook) else None
+        notify = subscriber.notify if subscriber else ()
+        if not account.email and not notify and webhook is None:
             continue
         roster.recipients.append(
             Recipient(
                 key=key, email=account.email, frequency=Frequency(account.frequency), kinds=_kinds(account.kinds),
                 watches=following[key], last_slot=account.last_slot, source=SubscriberSource(account.source),
+                name=subscriber.name if subscriber else None, notify=notify, webhook=webhook,
             )
         )  # fmt: skip
     return roster
+
+
+def _label(entry: Subscriber | Webhook) -> str:
+    return entry.label if isinstance(entry, Subscriber) else f"webhook {entry.shown}"
 
 
 def _follow(
@@ -145,8 +178,8 @@ def enroll_subscribers(config: Config, store: Store, now: datetime) -> Roster:
     """Record subscribers before a sync records changes, so that they hear of those changes."""
     with store.write() as session:
         roster = enroll(session, config, now)
-    for email in roster.unsubscribed:
-        log.warning("%s unsubscribed by link: skipped until they subscribe again", email)
+    for who in roster.unsubscribed:
+        log.warning("%s unsubscribed by link: skipped until they subscribe again", who)
     return roster
 
 
@@ -175,7 +208,8 @@ def set_last_slot(session: Session, recipient: Recipient, slot: datetime) -> Non
 
 @dataclass
 class SubscriberStatus:
-    email: str
+    who: str  # the name, else the email; "webhook URL" for a webhook
+    email: str | None
     watches: tuple[str, ...]
     frequency: Frequency
     kinds: tuple[str, ...]
@@ -183,16 +217,21 @@ class SubscriberStatus:
     last_delivered: datetime | None
     pending_changes: int
     queued: int
-    failed: list[tuple[int, str]]
+    failed: list[tuple[int, str]]  # (message id, what happened: where it went and the reply)
     source: SubscriberSource = SubscriberSource.CONFIG
     state: AccountState = AccountState.ACTIVE
+    name: str | None = None
+    notify: tuple[str, ...] = ()  # as people may see them (secrets masked)
+    webhook: str | None = None  # the webhook's URL, as people may see it
 
 
 def statuses(config: Config, store: Store) -> tuple[list[SubscriberStatus], list[str]]:
     """Who follows what (read only: subscribers not yet in the database show as new)."""
+    from watcher.channels import target_of
     from watcher.states import DigestState
 
     outbox = models.OutboxMessage
+    entries = list(_configured(config).items())
     with store.read() as session:
         accounts = {a.key: a for a in session.exec(select(models.SubscriberAccount)).all()}
         following: dict[str, dict[str, int]] = {}
@@ -201,34 +240,47 @@ def statuses(config: Config, store: Store) -> tuple[list[SubscriberStatus], list
         result: list[SubscriberStatus] = []
         unsubscribed: list[str] = []
         recipients: list[Recipient] = []
-        for sub in config.subscribers:
-            account = accounts.get(sub.email.lower())
+        for key, entry in entries:
+            account = accounts.get(key)
             if account is not None and account.state == AccountState.UNSUBSCRIBED:
-                unsubscribed.append(sub.email)
-            watches = following.get(sub.email.lower(), {})
+                unsubscribed.append(_label(entry))
+            watches = following.get(key, {})
             if ALL_WATCHES in watches:
-                watches = {w: watches[ALL_WATCHES] for w in sub.watches}
+                watches = {w: watches[ALL_WATCHES] for w in entry.watches}
+            subscriber = entry if isinstance(entry, Subscriber) else None
             recipients.append(
-                Recipient(sub.email.lower(), sub.email, sub.frequency, sub.kinds,
-                          {w: s for w, s in watches.items() if w in sub.watches}, None)
+                Recipient(
+                    key, subscriber.email if subscriber else None,
+                    subscriber.frequency if subscriber else Frequency.IMMEDIATE, subscriber.kinds if subscriber else (),
+                    {w: s for w, s in watches.items() if w in entry.watches}, None,
+                )
             )  # fmt: skip
         pending = pending_changes(session, [r for r in recipients if r.watches])
-        for sub, recipient in zip(config.subscribers, recipients, strict=True):
-            account = accounts.get(recipient.key)
-            digests = session.exec(select(outbox).where(outbox.email == recipient.key)).all()
+        for (key, entry), recipient in zip(entries, recipients, strict=True):
+            account = accounts.get(key)
+            subscriber = entry if isinstance(entry, Subscriber) else None
+            shown = {target_of(url): masking.shown_url(url) for url in (subscriber.notify if subscriber else ())}
+            digests = session.exec(select(outbox).where(outbox.email == key)).all()
             sent = [d.sent_at for d in digests if d.status == DigestState.SENT and d.sent_at]
+
             result.append(
                 SubscriberStatus(
-                    email=sub.email,
-                    watches=sub.watches,
-                    frequency=sub.frequency,
-                    kinds=sub.kinds,
+                    who=_label(entry),
+                    email=subscriber.email if subscriber else None,
+                    watches=entry.watches,
+                    frequency=recipient.frequency,
+                    kinds=recipient.kinds,
                     since=account.since if account else None,
                     last_delivered=max(sent) if sent else None,
-                    pending_changes=len(pending.get(recipient.key, [])),
+                    pending_changes=len(pending.get(key, [])),
                     queued=sum(1 for d in digests if d.status == DigestState.PENDING),
-                    failed=[(d.id or 0, d.last_error or "") for d in digests if d.status == DigestState.FAILED],
+                    failed=[
+                        (d.id or 0, masking.mask(d.last_error or "")) for d in digests if d.status == DigestState.FAILED
+                    ],
                     state=AccountState(account.state) if account else AccountState.ACTIVE,
+                    name=subscriber.name if subscriber else None,
+                    notify=tuple(shown.values()),
+                    webhook=entry.shown if isinstance(entry, Webhook) else None,
                 )
             )
     return result, unsubscribed
