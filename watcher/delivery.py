@@ -25,14 +25,15 @@ from watcher import models
 from watcher.changes import LoggedChange
 from watcher.clock import Clock, utcnow
 from watcher.config import Config, Frequency
-from watcher.digest import Digest, Rendered, build
+from watcher.digest import Digest, MailLinks, Rendered, build
 from watcher.mailer import build_message, default_unsubscribe, make_transport, new_message_id
 from watcher.models import table_of
 from watcher.outbox import Outcome, SendStatus, send_pending
-from watcher.states import DigestState
+from watcher.states import DigestState, MessageKind, TokenPurpose
 from watcher.store import Store, load_records
 from watcher.subscribers import ALL_WATCHES, Recipient, enroll, pending_changes, set_last_slot
 from watcher.timing import current_slot, is_due
+from watcher.tokens import random_token, record_view_token
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,42 @@ def unsubscribe_link(config: Config) -> str:
     return config.mail.unsubscribe or default_unsubscribe(config.mail.from_)
 
 
+def unsubscribe_mailto(config: Config) -> str:
+    """The mailto: that follows the one-click link in `List-Unsubscribe` when [web] is set."""
+    configured = config.mail.unsubscribe
+    return configured if configured and configured.startswith("mailto:") else default_unsubscribe(config.mail.from_)
+
+
+@dataclass
+class WebLinks:
+    """The subscribers' link tokens for one run of digests ([web] set)."""
+
+    public_url: str
+    unsubscribe: dict[str, str]  # subscriber key → token
+    manage: dict[str, str]
+
+    def for_digest(self, key: str, view_token: str) -> MailLinks:
+        return MailLinks(
+            unsubscribe=f"{self.public_url}/unsubscribe/{self.unsubscribe[key]}",
+            manage=f"{self.public_url}/manage/{self.manage[key]}",
+            view=f"{self.public_url}/digest/{view_token}",
+        )
+
+
+def web_links(session: Session, config: Config, keys: list[str], now: datetime) -> WebLinks | None:
+    """The unsubscribe and manage tokens of these subscribers (made where missing), or None without [web]."""
+    if config.web is None or not keys:
+        return None
+    from watcher import tokens
+
+    secret = tokens.load_secret(session, config, now)
+    return WebLinks(
+        config.web.public_url,
+        tokens.current(session, secret, keys, TokenPurpose.UNSUBSCRIBE, now),
+        tokens.current(session, secret, keys, TokenPurpose.MANAGE, now),
+    )
+
+
 # --- who is due, and with what ------------------------------------------------------------
 
 
@@ -61,6 +98,7 @@ def compose(
     changes: list[LoggedChange],
     now: datetime,
     records: dict[str, dict[str, Any]] | None = None,
+    links: MailLinks | None = None,
 ) -> Digest | None:
     """The digest of these changes for a subscriber. `records` caches study records across calls."""
     records = {} if records is None else records
@@ -68,7 +106,7 @@ def compose(
     local_day = now.astimezone(ZoneInfo(config.schedule.timezone)).date()
     return build(
         recipient.email, recipient.frequency, recipient.watch_names, changes, records, local_day,
-        unsubscribe_link(config), recipient.kinds,
+        unsubscribe_link(config), recipient.kinds, links,
     )  # fmt: skip
 
 
@@ -86,10 +124,13 @@ def queue_due(
         roster = enroll(session, config, now)
         due = [r for r in roster.recipients if everyone or is_due(now, r.frequency, config.schedule, r.last_slot)]
         pending = pending_changes(session, due)
+        links = web_links(session, config, [r.key for r in due if pending[r.key]], now)
         for recipient in due:
             try:
                 with session.begin_nested():
-                    outcome = _queue_one(session, config, recipient, pending[recipient.key], now, records, dry_run)
+                    outcome = _queue_one(
+                        session, config, recipient, pending[recipient.key], now, records, dry_run, links
+                    )
             except Exception as exc:  # one subscriber's digest must not stop the others'
                 log.error("the digest for %s could not be built: %s", recipient.email, exc)
                 log.debug("digest failure details", exc_info=True)
@@ -109,8 +150,11 @@ def _queue_one(
     now: datetime,
     records: dict[str, dict[str, Any]],
     dry_run: bool,
+    links: WebLinks | None = None,
 ) -> Outcome | None:
-    digest = compose(session, config, recipient, changes, now, records)
+    view_token = random_token() if links is not None and changes else None
+    mail_links = links.for_digest(recipient.key, view_token) if links is not None and view_token else None
+    digest = compose(session, config, recipient, changes, now, records, mail_links)
     slot = current_slot(now, recipient.frequency, config.schedule)
     if not dry_run and slot is not None:
         set_last_slot(session, recipient, slot)
@@ -119,6 +163,8 @@ def _queue_one(
     if dry_run:
         return Outcome(recipient.email, SendStatus.WOULD_SEND, digest.subject, len(digest.change_ids))
     digest_id = persist(session, config, digest, _render(digest), now, recipient.key)
+    if view_token is not None:
+        record_view_token(session, view_token, recipient.key, digest_id, now)
     return Outcome(recipient.email, SendStatus.QUEUED, digest.subject, len(digest.change_ids), digest_id=digest_id)
 
 
@@ -129,24 +175,54 @@ def _render(digest: Digest) -> Rendered:
 
 
 def persist(session: Session, config: Config, digest: Digest, rendered: Rendered, now: datetime, key: str) -> int:
-    """Store a digest for the subscriber `key`, with its exact message, before any send; returns its id."""
+    """Store a digest for the subscriber `key`, with its exact message, before any send; returns its id.
+
+    With [web] set its `List-Unsubscribe` is the one-click page, then the mailto:, with
+    `List-Unsubscribe-Post` (RFC 8058); without, the mailto: (or https) link of [mail] alone.
+    """
     message_id = new_message_id(config.mail.from_)
-    message = build_message(rendered, config.mail.from_, digest.email, message_id, now, digest.unsubscribe)
-    outbox = table_of(models.OutboxMessage)  # Core: a thousand digests in one run stay cheap
-    digest_id: int = session.execute(
-        insert(outbox).returning(outbox.c.id),
-        {
-            "email": key, "message_id": message_id, "subject": rendered.subject,
-            "message": message, "changes": len(digest.change_ids), "status": DigestState.PENDING,
-            "attempts": 0, "created_at": now,
-        },
-    ).scalar_one()  # fmt: skip
+    if digest.links is not None:
+        unsubscribe: list[str] = [digest.links.unsubscribe, unsubscribe_mailto(config)]
+        message = build_message(rendered, config.mail.from_, digest.email, message_id, now, unsubscribe, True)
+    else:
+        message = build_message(rendered, config.mail.from_, digest.email, message_id, now, digest.unsubscribe)
+    digest_id = _insert(session, key, message_id, rendered.subject, message, len(digest.change_ids), now)
     if digest.change_ids:
         session.execute(
             insert(table_of(models.DigestChange)),
             [{"digest_id": digest_id, "change_id": change_id} for change_id in digest.change_ids],
         )
     return digest_id
+
+
+def _insert(
+    session: Session,
+    key: str,
+    message_id: str,
+    subject: str,
+    message: bytes,
+    changes: int,
+    now: datetime,
+    kind: MessageKind = MessageKind.DIGEST,
+) -> int:
+    outbox = table_of(models.OutboxMessage)  # Core: a thousand digests in one run stay cheap
+    digest_id: int = session.execute(
+        insert(outbox).returning(outbox.c.id),
+        {
+            "email": key, "message_id": message_id, "subject": subject, "message": message, "changes": changes,
+            "status": DigestState.PENDING, "attempts": 0, "created_at": now, "kind": kind,
+        },
+    ).scalar_one()  # fmt: skip
+    return digest_id
+
+
+def persist_notice(
+    session: Session, config: Config, key: str, email: str, rendered: Rendered, kind: MessageKind, now: datetime
+) -> int:
+    """Store a confirmation or manage-link email in the outbox (it covers no change); returns its id."""
+    message_id = new_message_id(config.mail.from_, kind.value)
+    message = build_message(rendered, config.mail.from_, email, message_id, now, None)
+    return _insert(session, key, message_id, rendered.subject, message, 0, now, kind)
 
 
 # --- sending ---------------------------------------------------------------------------------

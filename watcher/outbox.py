@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,9 +33,9 @@ from sqlmodel import select as model_select
 from watcher import models
 from watcher.clock import Clock
 from watcher.db import Backend, process_alive, this_process
-from watcher.mailer import Deferred, Rejected, Transport
+from watcher.mailer import Deferred, Rejected, Transport, redact_links
 from watcher.models import table_of
-from watcher.states import DigestState
+from watcher.states import DigestState, MessageKind
 from watcher.store import Store
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class Claimed:
     changes: int
     message: bytes
     created_at: datetime
+    kind: str = MessageKind.DIGEST.value
 
     @property
     def name(self) -> str:
@@ -77,44 +78,59 @@ class Claimed:
 
 
 class _Cursor:
-    """Where the senders of one run are in the queue: each message is tried once per run."""
+    """Where the senders of one run are in the queue: each message is tried once per run.
+    `only` limits the run to some messages (the web pages send a confirmation at once)."""
 
-    def __init__(self) -> None:
+    def __init__(self, only: Collection[int] | None = None) -> None:
         self.after = 0
         self.lock = threading.Lock()
+        self.only = only
 
 
-def _next_pending(after: int, limit: int) -> Select[Any]:
+def _next_pending(after: int, limit: int, only: Collection[int] | None = None) -> Select[Any]:
     outbox = table_of(models.OutboxMessage)
     c = outbox.c
-    return (
-        select(c.id, c.email, c.subject, c.changes, c.message, c.created_at, c.claimed_by, c.claimed_until)
+    query = (
+        select(c.id, c.email, c.subject, c.changes, c.message, c.created_at, c.kind, c.claimed_by, c.claimed_until)
         .where(c.status == DigestState.PENDING.value, c.id > after)
         .order_by(c.id)
         .limit(limit)
     )
+    return query if only is None else query.where(c.id.in_(list(only)))
 
 
 def _claimed(row: Row[Any]) -> Claimed:
-    return Claimed(row.id, row.email, row.subject, row.changes, bytes(row.message), row.created_at)
+    return Claimed(row.id, row.email, row.subject, row.changes, bytes(row.message), row.created_at, row.kind)
+
+
+_WEB_LINK = re.compile(rb"/unsubscribe/[A-Za-z0-9_-]{32}")
+
+
+def _kept(claimed: Claimed) -> bytes | None:
+    """What the outbox keeps of a message that went out: without its links' tokens (None: unchanged).
+    A message waiting for a retry keeps them: it must go out exactly as built."""
+    head = claimed.message.split(b"\r\n\r\n", 1)[0]
+    if claimed.kind == MessageKind.DIGEST and not _WEB_LINK.search(head):
+        return None
+    return redact_links(claimed.message)
 
 
 def _mark(
     session: Session | Connection, claimed: Claimed, state: DigestState, error: str | None, now: datetime
 ) -> None:
     outbox = models.OutboxMessage
-    session.execute(
-        update(outbox)
-        .where(col(outbox.id) == claimed.id)
-        .values(
-            status=state,
-            attempts=outbox.attempts + 1,
-            last_error=error,
-            sent_at=now if state is DigestState.SENT else None,
-            claimed_by=None,
-            claimed_until=None,
-        )
-    )
+    values: dict[str, Any] = {
+        "status": state,
+        "attempts": outbox.attempts + 1,
+        "last_error": error,
+        "sent_at": now if state is DigestState.SENT else None,
+        "claimed_by": None,
+        "claimed_until": None,
+    }
+    kept = _kept(claimed) if state is DigestState.SENT else None
+    if kept is not None:
+        values["message"] = kept
+    session.execute(update(outbox).where(col(outbox.id) == claimed.id).values(**values))
 
 
 # --- claims -------------------------------------------------------------------------------------
@@ -125,7 +141,8 @@ def _claim_postgres(store: Store, cursor: _Cursor) -> Iterator[tuple[Claimed, Co
     """The next pending message, row-locked in a transaction that stays open while it is sent."""
     with store.engine.connect() as conn, conn.begin():
         with cursor.lock:
-            row = conn.execute(_next_pending(cursor.after, 1).with_for_update(skip_locked=True)).first()
+            query = _next_pending(cursor.after, 1, cursor.only).with_for_update(skip_locked=True)
+            row = conn.execute(query).first()
             if row is None:
                 yield None
                 return
@@ -140,7 +157,7 @@ def _claim_sqlite(store: Store, cursor: _Cursor, me: str, now: datetime) -> Clai
     with cursor.lock:
         while True:
             with store.write() as session:
-                rows = session.execute(_next_pending(cursor.after, 50)).all()
+                rows = session.execute(_next_pending(cursor.after, 50, cursor.only)).all()
                 if not rows:
                     return None
                 for row in rows:
@@ -162,20 +179,23 @@ def _deliver(transport: Transport, sender: str, claimed: Claimed) -> tuple[Diges
     try:
         transport.send(claimed.message, sender, claimed.email, claimed.name)
     except Rejected as exc:
-        log.warning("digest %d to %s failed: %s", claimed.id, claimed.email, exc)
+        log.warning("%s %d to %s failed: %s", claimed.kind, claimed.id, claimed.email, exc)
         outcome = Outcome(claimed.email, SendStatus.FAILED, claimed.subject, claimed.changes, str(exc), claimed.id)
         return DigestState.FAILED, outcome
     except Deferred as exc:
-        log.warning("digest %d to %s deferred: %s", claimed.id, claimed.email, exc)
+        log.warning("%s %d to %s deferred: %s", claimed.kind, claimed.id, claimed.email, exc)
         outcome = Outcome(claimed.email, SendStatus.DEFERRED, claimed.subject, claimed.changes, str(exc), claimed.id)
         return DigestState.PENDING, outcome
-    log.info(
-        "digest %d sent to %s (%d change%s)",
-        claimed.id,
-        claimed.email,
-        claimed.changes,
-        "" if claimed.changes == 1 else "s",
-    )
+    if claimed.kind == MessageKind.DIGEST:
+        log.info(
+            "digest %d sent to %s (%d change%s)",
+            claimed.id,
+            claimed.email,
+            claimed.changes,
+            "" if claimed.changes == 1 else "s",
+        )
+    else:
+        log.info("%s %d sent to %s", claimed.kind, claimed.id, claimed.email)
     return DigestState.SENT, Outcome(claimed.email, SendStatus.SENT, claimed.subject, claimed.changes, "", claimed.id)
 
 
@@ -215,10 +235,11 @@ def send_pending(
     clock: Clock,
     cancel: threading.Event | None = None,
     workers: int = 1,
+    only: Collection[int] | None = None,
 ) -> list[Outcome]:
-    """Try every pending message once, with `workers` senders side by side (each its own
-    connection to the mail server). One failing recipient does not stop the others."""
-    cursor = _Cursor()
+    """Try every pending message once (or those of `only`), with `workers` senders side by side
+    (each its own connection to the mail server). One failing recipient does not stop the others."""
+    cursor = _Cursor(only)
     outcomes: list[Outcome] = []
     threads = [
         threading.Thread(
@@ -237,6 +258,20 @@ def send_pending(
     if errors:
         raise errors[0]
     return sorted(outcomes, key=lambda o: o.digest_id or 0)
+
+
+def cancel_queued(session: Session, key: str) -> int:
+    """Whatever is still queued for the subscriber `key` is never sent (they unsubscribed)."""
+    outbox = models.OutboxMessage
+    rows = session.exec(
+        model_select(outbox).where(col(outbox.email) == key, col(outbox.status) == DigestState.PENDING.value)
+    ).all()
+    for row in rows:
+        message = bytes(row.message)
+        row.message = _kept(Claimed(row.id or 0, row.email, "", 0, message, row.created_at, row.kind)) or message
+        row.status, row.last_error = DigestState.CANCELLED, "the recipient unsubscribed before it was sent"
+        session.add(row)
+    return len(rows)
 
 
 def retry_failed(store: Store) -> int:

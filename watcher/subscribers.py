@@ -95,7 +95,7 @@ def enroll(session: Session, config: Config, now: datetime) -> Roster:
         account.email, account.frequency = sub.email, sub.frequency
         account.kinds = json.dumps(list(sub.kinds)) if sub.kinds else None
         session.add(account)
-        _follow(session, key, sub.watches, rows.get(key, {}), now)
+        follow(session, key, sub.watches, rows.get(key, {}), now)
     for key, account in accounts.items():  # config subscribers taken out of the config follow nothing now
         if account.source == SubscriberSource.CONFIG and key not in configured and rows.get(key):
             session.execute(delete(models.Subscription).where(col(models.Subscription.subscriber) == key))
@@ -119,7 +119,7 @@ def enroll(session: Session, config: Config, now: datetime) -> Roster:
     return roster
 
 
-def _follow(
+def follow(
     session: Session, key: str, watches: Sequence[str], current: dict[str, models.Subscription], now: datetime
 ) -> None:
     """Make a subscriber's subscriptions exactly `watches`: new ones start now, dropped ones end."""
@@ -184,16 +184,17 @@ class SubscriberStatus:
 
 
 def statuses(config: Config, store: Store) -> tuple[list[SubscriberStatus], list[str]]:
-    """Who follows what (read only: subscribers not yet in the database show as new)."""
-    from watcher.states import DigestState
+    """Who follows what: the config's subscribers (those not yet in the database show as new), then
+    those who subscribed on the web pages, in every state. Read only."""
+    from watcher.states import DigestState, MessageKind
 
     outbox = models.OutboxMessage
+    known = {w.name for w in config.watches}
     with store.read() as session:
         accounts = {a.key: a for a in session.exec(select(models.SubscriberAccount)).all()}
         following: dict[str, dict[str, datetime]] = {}
         for row in session.exec(select(models.Subscription)).all():
             following.setdefault(row.subscriber, {})[row.watch] = row.since
-        result: list[SubscriberStatus] = []
         unsubscribed: list[str] = []
         recipients: list[Recipient] = []
         for sub in config.subscribers:
@@ -207,23 +208,50 @@ def statuses(config: Config, store: Store) -> tuple[list[SubscriberStatus], list
                 Recipient(sub.email.lower(), sub.email, sub.frequency, sub.kinds,
                           {w: s for w, s in watches.items() if w in sub.watches}, None)
             )  # fmt: skip
-        pending = pending_changes(session, [r for r in recipients if r.watches])
-        for sub, recipient in zip(config.subscribers, recipients, strict=True):
+        configured = {r.key for r in recipients}
+        web = sorted(
+            (a for key, a in accounts.items() if a.source == SubscriberSource.WEB and key not in configured),
+            key=lambda a: a.key,
+        )
+        for account in web:
+            watches = {w: since for w, since in following.get(account.key, {}).items() if w in known}
+            recipients.append(
+                Recipient(account.key, account.email or account.key, Frequency(account.frequency),
+                          _kinds(account.kinds), watches, None, SubscriberSource.WEB)
+            )  # fmt: skip
+        pending = pending_changes(
+            session,
+            [r for r in recipients if r.watches and _state(accounts.get(r.key)) is AccountState.ACTIVE],
+        )
+        result: list[SubscriberStatus] = []
+        for recipient in recipients:
             account = accounts.get(recipient.key)
-            digests = session.exec(select(outbox).where(outbox.email == recipient.key)).all()
-            sent = [d.sent_at for d in digests if d.status == DigestState.SENT and d.sent_at]
+            messages = session.exec(select(outbox).where(outbox.email == recipient.key)).all()
+            sent = [
+                d.sent_at
+                for d in messages
+                if d.status == DigestState.SENT and d.sent_at and d.kind == MessageKind.DIGEST
+            ]
             result.append(
                 SubscriberStatus(
-                    email=sub.email,
-                    watches=sub.watches,
-                    frequency=sub.frequency,
-                    kinds=sub.kinds,
+                    email=recipient.email,
+                    watches=recipient.watch_names
+                    if recipient.source is SubscriberSource.WEB
+                    else config.subscriber(recipient.email).watches,
+                    frequency=recipient.frequency,
+                    kinds=tuple(recipient.kinds),
                     since=account.since if account else None,
                     last_delivered=max(sent) if sent else None,
                     pending_changes=len(pending.get(recipient.key, [])),
-                    queued=sum(1 for d in digests if d.status == DigestState.PENDING),
-                    failed=[(d.id or 0, d.last_error or "") for d in digests if d.status == DigestState.FAILED],
-                    state=AccountState(account.state) if account else AccountState.ACTIVE,
+                    queued=sum(1 for d in messages if d.status == DigestState.PENDING),
+                    failed=[(d.id or 0, d.last_error or "") for d in messages if d.status == DigestState.FAILED],
+                    source=recipient.source,
+                    state=_state(account),
                 )
             )
     return result, unsubscribed
+
+
+def _state(account: models.SubscriberAccount | None) -> AccountState:
+    """A config subscriber not in the database yet is active (they are added at the next sync or send)."""
+    return AccountState(account.state) if account else AccountState.ACTIVE
