@@ -147,7 +147,7 @@ def _public_url(value: str) -> str:
     return value.strip().rstrip("/")
 
 
-def _listen(value: str) -> str:
+def check_listen(value: str) -> str:
     match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})", value.strip())
     if not match or not 0 < int(match[2]) < 65536:
         raise ValueError(f'"{value}" is not a HOST:PORT to listen on (like "127.0.0.1:8080")')
@@ -348,7 +348,7 @@ class WebSettings:
     """The web pages: where people reach them, where the server binds, and what signs their tokens."""
 
     public_url: str = field(metadata=_check(_public_url))  # every link in an email starts with it
-    listen: str = field(default="127.0.0.1:8080", metadata=_check(_listen))
+    listen: str = field(default="127.0.0.1:8080", metadata=_check(check_listen))
     # the environment variable holding the secret that signs tokens and forms; without it, one is made
     # once and kept in the database
     secret_env: str | None = field(default=None, metadata=_check(_env_name))
