@@ -37,6 +37,7 @@ from watcher.states import AccountState, MessageKind, SubscriberSource, TokenPur
 from watcher.subscribers import ALL_WATCHES, enroll, follow
 from watcher.timing import current_slot
 from watcher.tokens import Secret, TokenState
+from watcher.wording import frequency_words
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +167,9 @@ def _queue_confirmation(session: Session, config: Config, secret: Secret, key: s
     assert shown is not None
     token = tokens.one(session, secret, key, TokenPurpose.CONFIRM, now)
     rendered = render_notice(
-        "confirm", account=shown, url=config.web.url(f"/confirm/{token}"), days=tokens.CONFIRM_TTL.days
-    )
+        "confirm", account=shown, url=config.web.url(f"/confirm/{token}"), days=tokens.CONFIRM_TTL.days,
+        often=frequency_words(shown.frequency),
+    )  # fmt: skip
     return persist_notice(session, config, key, shown.email, rendered, MessageKind.CONFIRM, now)
 
 
@@ -178,7 +180,9 @@ def _queue_manage_link(session: Session, config: Config, secret: Secret, key: st
     shown = account(session, config, key)
     assert shown is not None
     token = tokens.one(session, secret, key, TokenPurpose.MANAGE, now)
-    rendered = render_notice("manage_link", account=shown, url=config.web.url(f"/manage/{token}"))
+    rendered = render_notice(
+        "manage_link", account=shown, url=config.web.url(f"/manage/{token}"), often=frequency_words(shown.frequency)
+    )
     return persist_notice(session, config, key, shown.email, rendered, MessageKind.MANAGE, now)
 
 

@@ -19,6 +19,7 @@ from starlette.datastructures import FormData
 from watcher.changes import Category
 from watcher.config import Config, Frequency, check_email
 from watcher.tokens import Secret
+from watcher.wording import frequency_words
 
 CSRF_COOKIE = "tw_csrf"
 CSRF_FIELD = "csrf"
@@ -34,11 +35,7 @@ KIND_LABELS = {
     Category.ENROLLMENT: "Enrollment",
     Category.DETAILS: "Other details (title, phase, sponsor)",
 }
-FREQUENCY_LABELS = {
-    Frequency.IMMEDIATE: "As soon as something changes",
-    Frequency.DAILY: "Daily",
-    Frequency.WEEKLY: "Weekly",
-}
+FREQUENCY_LABELS = {f: frequency_words(f).capitalize() for f in Frequency}
 
 
 def new_cookie() -> str:

@@ -36,6 +36,7 @@ from watcher.states import AccountState, RunKind, TokenPurpose
 from watcher.store import Store, digest_counts
 from watcher.tokens import Secret, TokenState, load_secret
 from watcher.web import feeds, forms, views
+from watcher.wording import frequency_words
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Site:
         self.zone = ZoneInfo(config.schedule.timezone)
         self.root = urlsplit(self.web.public_url).path.rstrip("/")  # links work behind a proxy's path prefix
         self._secret: Secret | None = None
+        self.facts = views.FactsCache()
         self._secret_lock = threading.Lock()
 
     # --- helpers -------------------------------------------------------------------------------
@@ -95,7 +97,7 @@ class Site:
         }  # fmt: skip
         html = self.env.get_template(f"web/{template}.html.j2").render(
             web=self.web, root=self.root, watches=self.config.watches, when=self.when, chip=chip_class,
-            status=status, **values,
+            often=frequency_words, status=status, **values,
         )  # fmt: skip
         return HTMLResponse(html, status_code=status, headers=headers)
 
@@ -174,7 +176,7 @@ class Site:
         def read() -> dict[str, Any]:
             with self.store.read() as session:
                 return {
-                    "trials": views.trial_list(session, name, number),
+                    "trials": views.trial_list(session, self.facts, name, number),
                     "recent": views.events(session, watch=name, limit=20),
                     "last_sync": views.last_sync(session),
                 }

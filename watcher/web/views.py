@@ -186,8 +186,9 @@ class TrialCard:
     last_change_at: datetime | None
 
 
-class _FactsCache:
-    """Facts of stored snapshots (a snapshot never changes), so a page decompresses each record once."""
+class FactsCache:
+    """Facts of one database's stored snapshots (a snapshot never changes), so that pages decompress
+    each record once. One per app: snapshot ids mean something in their own database only."""
 
     def __init__(self, size: int = 20_000) -> None:
         self.size = size
@@ -213,9 +214,6 @@ class _FactsCache:
         return found
 
 
-FACTS = _FactsCache()
-
-
 @dataclass(frozen=True)
 class TrialList:
     cards: list[TrialCard]
@@ -224,7 +222,9 @@ class TrialList:
     pages: int
 
 
-def trial_list(session: Session, watch: str, page: int = 1, per_page: int = TRIALS_PER_PAGE) -> TrialList:
+def trial_list(
+    session: Session, cache: FactsCache, watch: str, page: int = 1, per_page: int = TRIALS_PER_PAGE
+) -> TrialList:
     """A watch's trials, the most recently changed first, a page at a time."""
     m, study = table_of(models.Membership), table_of(models.Study)
     change, links = table_of(models.ChangeEntry), table_of(models.ChangeWatch)
@@ -245,7 +245,7 @@ def trial_list(session: Session, watch: str, page: int = 1, per_page: int = TRIA
     pages = max(1, -(-len(ordered) // per_page))
     page = min(max(page, 1), pages)
     shown = ordered[(page - 1) * per_page : page * per_page]
-    known = FACTS.get_many(session, [r.snapshot_id for r in shown])
+    known = cache.get_many(session, [r.snapshot_id for r in shown])
     latest_ids = [last[r.nct_id] for r in shown if r.nct_id in last]
     latest: dict[int, LoggedChange] = {}
     for batch in chunks(latest_ids):
