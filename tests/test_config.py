@@ -193,4 +193,7 @@ def test_wheel_ships_the_templates(tmp_path: Path) -> None:
     [wheel] = tmp_path.glob("trial_watcher-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"watcher/templates/digest.txt.j2", "watcher/templates/digest.html.j2", "watcher/cli.py"} <= set(names)
+    web = {"watcher/templates/web/watch.html.j2", "watcher/templates/web/style.css", "watcher/templates/confirm.txt.j2",
+           "watcher/web/app.py", "watcher/migrations/versions/0011_web.py"}  # fmt: skip
+    assert web <= set(names)
     assert not any(n.startswith("tests/") for n in names)

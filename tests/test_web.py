@@ -372,6 +372,7 @@ def test_subscribing_again_after_unsubscribing_needs_a_confirmation(site: Site, 
 def test_manage_changes_watches_frequency_and_kinds(site: Site, database: ScratchDatabase) -> None:
     site.confirm(BOB)
     site.change()
+    assert "Status: Unknown status → Completed" in site.run("digest", "preview", BOB, "--text").stdout
     site.run("digest", "send")
     path = link(mails(site.folder, BOB)[-1], "manage")
     page = site.client.get(path)

@@ -31,7 +31,7 @@ from watcher.models import table_of
 from watcher.outbox import Outcome, SendStatus, send_pending
 from watcher.states import DigestState, MessageKind, TokenPurpose
 from watcher.store import Store, load_records
-from watcher.subscribers import ALL_WATCHES, Recipient, enroll, pending_changes, set_last_slot
+from watcher.subscribers import ALL_WATCHES, Recipient, enroll, kinds_of, pending_changes, set_last_slot
 from watcher.timing import current_slot, is_due
 from watcher.tokens import random_token, record_view_token
 
@@ -251,19 +251,25 @@ def send_due(
 
 
 def preview(config: Config, store: Store, email: str, now: datetime) -> tuple[Digest, Rendered] | None:
-    """The next digest of a subscriber, rendered; nothing is stored or marked."""
-    subscriber = config.subscriber(email)
+    """The next digest of a subscriber (from the config, or active on the web pages), rendered; nothing
+    is stored or marked. Its web links, if any, are left out: making them would store tokens."""
+    key = email.lower()
     with store.read() as session:
         following = {
             row.watch: row.since
-            for row in session.exec(
-                select(models.Subscription).where(models.Subscription.subscriber == subscriber.email.lower())
-            ).all()
+            for row in session.exec(select(models.Subscription).where(models.Subscription.subscriber == key)).all()
         }
-        watches = {w: following.get(w, following.get(ALL_WATCHES, now)) for w in subscriber.watches}
-        recipient = Recipient(
-            subscriber.email.lower(), subscriber.email, subscriber.frequency, subscriber.kinds, watches, None
-        )
+        account = session.get(models.SubscriberAccount, key)
+        if any(s.email.lower() == key for s in config.subscribers) or account is None:
+            subscriber = config.subscriber(email)
+            watches = {w: following.get(w, following.get(ALL_WATCHES, now)) for w in subscriber.watches}
+            recipient = Recipient(key, subscriber.email, subscriber.frequency, subscriber.kinds, watches, None)
+        else:
+            known = {w.name for w in config.watches}
+            recipient = Recipient(
+                key, account.email or key, Frequency(account.frequency), kinds_of(account.kinds),
+                {w: since for w, since in following.items() if w in known}, None,
+            )  # fmt: skip
         pending = pending_changes(session, [recipient])[recipient.key]
         digest = compose(session, config, recipient, pending, now)
     return None if digest is None else (digest, _render(digest))

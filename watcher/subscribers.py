@@ -65,7 +65,7 @@ class Roster:
         return {r.key: r for r in self.recipients}
 
 
-def _kinds(text: str | None) -> tuple[Category, ...]:
+def kinds_of(text: str | None) -> tuple[Category, ...]:
     return tuple(Category(k) for k in json.loads(text)) if text else ()
 
 
@@ -112,7 +112,7 @@ def enroll(session: Session, config: Config, now: datetime) -> Roster:
             continue
         roster.recipients.append(
             Recipient(
-                key=key, email=account.email, frequency=Frequency(account.frequency), kinds=_kinds(account.kinds),
+                key=key, email=account.email, frequency=Frequency(account.frequency), kinds=kinds_of(account.kinds),
                 watches=following[key], last_slot=account.last_slot, source=SubscriberSource(account.source),
             )
         )  # fmt: skip
@@ -217,7 +217,7 @@ def statuses(config: Config, store: Store) -> tuple[list[SubscriberStatus], list
             watches = {w: since for w, since in following.get(account.key, {}).items() if w in known}
             recipients.append(
                 Recipient(account.key, account.email or account.key, Frequency(account.frequency),
-                          _kinds(account.kinds), watches, None, SubscriberSource.WEB)
+                          kinds_of(account.kinds), watches, None, SubscriberSource.WEB)
             )  # fmt: skip
         pending = pending_changes(
             session,
