@@ -160,7 +160,7 @@ def test_subscribe_sends_one_confirmation_at_once_and_nothing_else_until_confirm
     assert (
         page.status_code == 200
         and ">Confirm</button>" in page.text
-        and "mg-azathioprine, as soon as something changes" in page.text
+        and '<span class="name">mg-azathioprine</span>, as soon as something changes' in page.text
     )
     assert state_of(database, BOB) == ("web", "pending")
     site.clock.advance(seconds=1)  # clearly after the change
@@ -302,7 +302,7 @@ def test_one_click_unsubscribe_as_a_mail_provider_posts_it(site: Site, database:
         path, content=b"List-Unsubscribe=One-Click", headers={"content-type": "application/x-www-form-urlencoded"}
     )
     assert response.status_code == 200 and "location" not in response.headers
-    assert "You will get no more digests for mg-azathioprine." in response.text
+    assert 'You will get no more digests for <span class="name">mg-azathioprine</span>.' in response.text
     assert state_of(database, ALICE) == ("config", "unsubscribed")
     again = provider.post(path, content=b"List-Unsubscribe=One-Click",
                           headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
@@ -444,3 +444,47 @@ def test_full_tokens_never_reach_the_logs(site: Site, caplog: pytest.LogCaptureF
     assert "/unsubscribe/" in logged  # requests are logged (at DEBUG), cut short
     for path in paths:
         assert path.rsplit("/", 1)[1] not in logged
+
+
+def test_a_confirmation_the_mail_server_did_not_take_goes_out_with_the_next_send(
+    tmp_path: Path, fake: FakeRegistry, database: ScratchDatabase
+) -> None:
+    from tests.support.smtp import SmtpServer
+
+    smtp = SmtpServer()  # not started: connection refused
+    smtp_table = f'[smtp]\nhost = "127.0.0.1"\nport = {smtp.port}\nsecurity = "none"\ntimeout_s = 5\n'
+    with site_for(tmp_path, fake, extra=smtp_table) as site:
+        assert CHECK_INBOX in site.subscribe(BOB).text  # the page does not wait for the mail server
+        assert outbox_rows(database, BOB) == [("confirm", "pending")]
+        smtp.start()
+        try:
+            out = site.run("digest", "send").stdout
+        finally:
+            smtp.stop()
+    assert f"sent        {BOB}  Confirm your trial watcher subscription" in out
+    [received] = smtp.received
+    assert received.recipients == [BOB] and "/confirm/" in received.part("plain")
+    assert outbox_rows(database, BOB) == [("confirm", "sent")]
+
+
+def test_a_plain_http_public_address_on_another_host_is_warned_about_once(
+    tmp_path: Path, fake: FakeRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.support.smtp import free_port
+    from watcher.config import load_config
+    from watcher.db import database_of
+    from watcher.store import Store
+    from watcher.web.app import serve
+
+    port = free_port()
+    with site_for(tmp_path, fake, public_url="http://trials.example.org", web=f'listen = "127.0.0.1:{port}"') as site:
+        config = load_config(site.config_path)
+        store = Store(database_of(config))
+        server = serve(config, store)
+        server.stop()
+        store.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        "[web] public_url http://trials.example.org is plain http: mail providers expect an https:// one-click "
+        "unsubscribe (RFC 8058); put a TLS reverse proxy in front and give its https:// address"
+    ]

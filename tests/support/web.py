@@ -41,13 +41,19 @@ class Clock:
 
 
 def web_config(
-    folder: Path, fake: FakeRegistry, public_url: str = "http://127.0.0.1:8080", web: str = "", subscribers: str = ""
+    folder: Path,
+    fake: FakeRegistry,
+    public_url: str = "http://127.0.0.1:8080",
+    web: str = "",
+    subscribers: str = "",
+    extra: str = "",
 ) -> Path:
-    extra = (
+    """A config with [web] (its other keys in `web`), [mail], `subscribers` and any `extra` tables."""
+    tables = (
         f'[mail]\nfrom = "Trial Watcher <watcher@example.org>"\n\n{subscribers}\n'
-        f'[web]\npublic_url = "{public_url}"\n{web}\n'
+        f'[web]\npublic_url = "{public_url}"\n{web}\n{extra}\n'
     )
-    return write_config(folder, fake.base_url, watches=WEB_WATCHES, extra=extra)
+    return write_config(folder, fake.base_url, watches=WEB_WATCHES, extra=tables)
 
 
 def set_status(fake: FakeRegistry, nct_id: str, status: str) -> None:

@@ -29,6 +29,7 @@ from watcher.errors import ConfigError, WatcherError
 from watcher.render import templates_dir
 from watcher.store import Store
 from watcher.web.pages import Site
+from watcher.web.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def create_app(config: Config, store: Store, clock: Clock = utcnow, send_at_once
             log.warning("a confirmation could not be sent now (%s); it stays queued", exc)
 
     site = Site(config, store, clock, send)
+    subscriptions = Subscriptions(site)
     site.secret()  # made or read once at start: a missing secret_env is an error now, not at the first form
     css = _stylesheet()
 
@@ -130,12 +132,12 @@ def create_app(config: Config, store: Store, clock: Clock = utcnow, send_at_once
         Route("/watch/{name}/feed.json", site.watch_feed),
         Route("/trial/{nct_id}", site.trial),
         Route("/trial/{nct_id}/feed.atom", site.trial_feed),
-        Route("/subscribe", site.subscribe_page, methods=["GET"]),
-        Route("/subscribe", site.subscribe, methods=["POST"]),
-        Route("/confirm/{token}", site.confirm, methods=["GET", "POST"]),
-        Route("/manage/{token}", site.manage, methods=["GET", "POST"]),
-        Route("/unsubscribe/{token}", site.unsubscribe, methods=["GET", "POST"]),
-        Route("/digest/{token}", site.digest),
+        Route("/subscribe", subscriptions.subscribe_page, methods=["GET"]),
+        Route("/subscribe", subscriptions.subscribe, methods=["POST"]),
+        Route("/confirm/{token}", subscriptions.confirm, methods=["GET", "POST"]),
+        Route("/manage/{token}", subscriptions.manage, methods=["GET", "POST"]),
+        Route("/unsubscribe/{token}", subscriptions.unsubscribe, methods=["GET", "POST"]),
+        Route("/digest/{token}", subscriptions.digest),
         Route("/healthz", site.health),
         Route("/static/style.css", stylesheet),
     ]
