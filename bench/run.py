@@ -5,7 +5,9 @@ latency, it runs the real `watcher sync` as a child process through three cycles
 day of changes, a quiet poll) and a naive poller through the same, then renders 1,000 digests,
 and times the start-up of one-off commands. Per cycle it reports requests and bytes (counted
 by the server), wall and CPU seconds and peak resident memory (of the child process), and the
-changes found against those the world planted. Prints a table; writes bench/results.json.
+changes found against those the world planted. Then the web pages (bench/web.py): page and feed
+medians over HTTP with 1,104 trials and 10,000 stored changes, and 500 one-click unsubscribes from
+50 concurrent clients. Prints a table; writes bench/results.json.
 """
 
 from __future__ import annotations
@@ -256,7 +258,41 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def targets(rows: list[Row], digest: dict[str, float], n: int) -> list[str]:
+def web_cycle(quick: bool) -> dict[str, Any]:
+    """bench/web.py in a process of its own (it runs `watcher serve` in another)."""
+    size = ["--trials", "200", "--changes", "2000", "--posts", "100", "--clients", "20", "--repeat", "10"]
+    full = ["--trials", "1104", "--changes", "10000", "--posts", "500", "--clients", "50", "--repeat", "30"]
+    usage, out = measure([sys.executable, str(ROOT / "bench" / "web.py"), *(size if quick else full)], ROOT)
+    return {**json.loads(out), "wall_s": usage["wall_s"]}
+
+
+def web_text(web: dict[str, Any]) -> str:
+    pages = " · ".join(f"{path} {m['median_ms']:.0f} ms" for path, m in web["pages"].items())
+    click = web["one_click"]
+    return (
+        f"Web pages, {web['trials']:,} trials and {web['changes']:,} stored changes, median of repeated requests over "
+        f"HTTP: {pages}\n{click['posts']} one-click unsubscribes from {click['clients']} concurrent clients: "
+        f"{click['ok']} answered 200, {click['errors']} errors, {click['honoured']} unsubscribed, "
+        f"in {click['wall_s']:.2f} s ({click['per_second']:.0f}/s)"
+    )
+
+
+def web_targets(web: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    pages, click = web["pages"], web["one_click"]
+    slowest_feed = max(m["median_ms"] for path, m in pages.items() if "feed" in path)
+    return [
+        ("/watch/{name} under 150 ms median", pages["/watch/{name}"]["median_ms"] < 150,
+         f"{pages['/watch/{name}']['median_ms']:.0f} ms"),
+        ("/trial/{nct_id} under 150 ms median", pages["/trial/{nct_id}"]["median_ms"] < 150,
+         f"{pages['/trial/{nct_id}']['median_ms']:.0f} ms"),
+        ("feeds under 100 ms median", slowest_feed < 100, f"slowest {slowest_feed:.0f} ms"),
+        (f"{click['posts']} one-click POSTs from {click['clients']} clients all honoured, no error",
+         click["ok"] == click["honoured"] == click["posts"] and click["errors"] == 0,
+         f"{click['honoured']} honoured, {click['errors']} errors"),
+    ]  # fmt: skip
+
+
+def targets(rows: list[Row], digest: dict[str, float], n: int, web: dict[str, Any] | None = None) -> list[str]:
     def get(cycle: str) -> Row | None:
         return next((r for r in rows if r.n == n and r.cycle == cycle and r.who == "watcher"), None)
 
@@ -272,6 +308,7 @@ def targets(rows: list[Row], digest: dict[str, float], n: int) -> list[str]:
         (f"baseline at N={n}: peak memory under 300 MB", base.peak_mb < 300, f"{base.peak_mb:.0f} MB"),
         ("1,000 digests rendered in under 10 s", digest["build_wall_s"] < 10, f"{digest['build_wall_s']:.2f} s"),
         ("changes found equal changes planted", all(r.changes == r.planted for r in rows if r.who == "watcher"), ""),
+        *(web_targets(web) if web else []),
     ]  # fmt: skip
     return [f"{'PASS' if ok else 'MISS'}  {what}" + (f" ({value})" if value else "") for what, ok, value in checks]
 
@@ -303,6 +340,8 @@ def main() -> None:
         usage, out = measure([sys.executable, str(Path(__file__).resolve()), "--digest-cycle"], ROOT)
         digest = {**json.loads(out), **usage}
         rows.append(Row("-", "digests", "watcher", 0, 0, usage["wall_s"], usage["cpu_s"], usage["peak_mb"]))
+        print("  web pages", flush=True)
+        web = web_cycle(args.quick)
         probe_n = min(sizes, key=lambda n: abs(n - 1000))
         world = World(probe_n, latency)
         try:
@@ -322,7 +361,8 @@ def main() -> None:
     print("\nStart-up (median wall seconds): " + " · ".join(
         f"{k} {v:.3f}" for k, v in times.items() if isinstance(v, float)))  # fmt: skip
     print(f"Heavy modules imported by `watcher --help`: {times['heavy modules imported by --help']}")
-    checks = targets(rows, digest, max(sizes))
+    print("\n" + web_text(web))
+    checks = targets(rows, digest, max(sizes), web)
     if checks:
         print("\nTargets:\n" + "\n".join(checks))
     args.out.write_text(
@@ -333,6 +373,7 @@ def main() -> None:
                 "rows": [asdict(r) for r in rows],
                 "digests": digest,
                 "startup_s": times,
+                "web": web,
                 "targets": checks,
             },
             indent=2,

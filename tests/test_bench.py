@@ -30,3 +30,8 @@ def test_quick_benchmark_runs_and_counts_right(tmp_path: Path) -> None:
     assert all(r["requests"] == 1 for r in ours if r["cycle"] == "quiet")
     assert data["digests"]["digests"] == 1000 and data["digests"]["changes_each"] == 50
     assert data["startup_s"]["heavy modules imported by --help"] == "[]"
+    web = data["web"]  # the pages over HTTP, and one-click unsubscribes from concurrent clients
+    assert set(web["pages"]) == {"/watch/{name}", "/trial/{nct_id}", "/watch/{name}/feed.atom",
+                                 "/watch/{name}/feed.json", "/trial/{nct_id}/feed.atom"}  # fmt: skip
+    assert web["one_click"]["ok"] == web["one_click"]["honoured"] == web["one_click"]["posts"] == 100
+    assert web["one_click"]["errors"] == 0 and web["server_exit"] == 0

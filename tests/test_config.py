@@ -56,6 +56,21 @@ BAD = [
     ("[ctgov]\nretries = true\n", "w.toml: [ctgov] retries: true should be an integer, not a boolean"),
     ("watch = 3\n", "w.toml: watch must be written as [[watch]] tables"),
     ("[ctgov\n", "w.toml: not valid TOML: Expected ']' at the end of a table declaration (at line 1, column 7)"),
+    ('[web]\nlisten = "127.0.0.1:8080"\n', "w.toml: [web] public_url: is required"),
+    ('[web]\npublic_url = "trials.example.org"\n',
+     'w.toml: [web] public_url: "trials.example.org" is not an http(s) URL (like "https://trials.example.org")'),
+    ('[web]\npublic_url = "https://trials.example.org/?a=1"\n',
+     'w.toml: [web] public_url: "https://trials.example.org/?a=1" must be a plain address (no query, fragment or user)'),
+    ('[web]\npublic_url = "https://t.example.org"\nlisten = "8080"\n',
+     'w.toml: [web] listen: "8080" is not a HOST:PORT to listen on (like "127.0.0.1:8080")'),
+    ('[web]\npublic_url = "https://t.example.org"\nlisten = "0.0.0.0:70000"\n',
+     'w.toml: [web] listen: "0.0.0.0:70000" is not a HOST:PORT to listen on (like "127.0.0.1:8080")'),
+    ('[web]\npublic_url = "https://t.example.org"\nsubscribe = "yes"\n',
+     'w.toml: [web] subscribe: "yes" should be true or false, not a string'),
+    ('[web]\npublic_url = "https://t.example.org"\nsecret_env = "my secret"\n',
+     'w.toml: [web] secret_env: "my secret" is not an environment variable name'),
+    ('[web]\npublic_url = "https://t.example.org"\nsecret = "hunter2"\n',
+     'w.toml: [web] unknown key "secret" (did you mean "secret_env"?)'),
 ]  # fmt: skip
 
 
@@ -66,6 +81,30 @@ def test_config_errors_name_file_key_and_value(tmp_path: Path, text: str, messag
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value) == message.replace("w.toml", str(path))
+
+
+def test_the_web_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    example = load_config(ROOT / "config.example.toml").web
+    assert example is not None and example.listen == "127.0.0.1:8080" and example.subscribe
+    assert (example.host, example.port, example.plain_http_in_public) == ("127.0.0.1", 8080, False)
+    path = tmp_path / "w.toml"
+    path.write_text(
+        '[[watch]]\nname = "w"\nnct_ids = ["NCT01727193"]\n'
+        '[web]\npublic_url = "http://trials.example.org/tw/"\nlisten = "[::1]:9000"\nsecret_env = "TW_SECRET"\n'
+    )
+    web = load_config(path).web
+    assert (
+        web is not None and web.public_url == "http://trials.example.org/tw" and (web.host, web.port) == ("::1", 9000)
+    )
+    assert web.plain_http_in_public  # the daemon and serve warn about it
+    monkeypatch.delenv("TW_SECRET", raising=False)
+    with pytest.raises(ConfigError, match=r"^\[web\] secret_env: environment variable TW_SECRET is not set$"):
+        web.secret()
+    monkeypatch.setenv("TW_SECRET", "short")
+    with pytest.raises(ConfigError, match="too short"):
+        web.secret()
+    monkeypatch.setenv("TW_SECRET", "x" * 32)
+    assert web.secret() == "x" * 32
 
 
 def test_cli_config_error_is_one_line_exit_2(tmp_path: Path) -> None:
@@ -155,4 +194,7 @@ def test_wheel_ships_the_templates(tmp_path: Path) -> None:
     [wheel] = tmp_path.glob("trial_watcher-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"watcher/templates/digest.txt.j2", "watcher/templates/digest.html.j2", "watcher/cli.py"} <= set(names)
+    web = {"watcher/templates/web/watch.html.j2", "watcher/templates/web/style.css", "watcher/templates/confirm.txt.j2",
+           "watcher/web/app.py", "watcher/migrations/versions/0005_web.py"}  # fmt: skip
+    assert web <= set(names)
     assert not any(n.startswith("tests/") for n in names)

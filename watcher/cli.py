@@ -103,6 +103,8 @@ def setup_logging(level: str, force: bool = False) -> None:
     if level.lower() != "debug":
         # urllib3 logs each retry at WARNING; our own one-line error says what happened
         logging.getLogger("urllib3").setLevel(logging.ERROR)
+        # Alembic says a dozen INFO lines when it creates a database; our own line says what it did
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     from watcher import masking
 
     masking.install()  # secrets read from the environment never reach a log line; Apprise stays at WARNING
@@ -407,7 +409,7 @@ def digest_send(app: App, dry_run: bool, everyone: bool, retry_failed: bool, wor
     from watcher.outbox import retry_failed as requeue
 
     config, store = app.config, app.store
-    if not config.subscribers and not config.webhooks:
+    if not config.subscribers and not config.webhooks and config.web is None:
         echo(f"No subscribers in {config.path.name}: add [[subscriber]] tables to send digests.")
         return
     if retry_failed and not dry_run:
@@ -462,14 +464,21 @@ def digest_preview(app: App, email: str, html_file: str | None, text_only: bool)
         echo(f"\n(HTML part written to {html_file})")
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array for scripts.")
-@click.pass_obj
-def subscribers(app: App, as_json: bool) -> None:
-    """Who follows what: last delivered digest, pending changes, queued and failed digests."""
+@click.pass_context
+def subscribers(ctx: click.Context, as_json: bool) -> None:
+    """Who follows what: source (config or web), state, last digest, pending changes, queued and failed mail.
+
+    \b
+    watcher subscribers remove EMAIL   unsubscribes someone by hand
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from watcher.clock import iso
     from watcher.subscribers import statuses as subscriber_statuses
 
+    app: App = ctx.obj
     statuses, unsubscribed = subscriber_statuses(app.config, app.reader)
     for who in unsubscribed:
         echo(f"warning: {who} unsubscribed by link: skipped until they subscribe again", err=True)
@@ -489,11 +498,14 @@ def subscribers(app: App, as_json: bool) -> None:
         )  # fmt: skip
         return
     if not statuses:
-        echo("No subscribers in the config ([[subscriber]] tables).")
+        echo("No subscribers: add [[subscriber]] tables to the config, or let people subscribe on the pages ([web]).")
         return
+    states = {"pending": "not confirmed yet", "unsubscribed": "unsubscribed"}
     for s in statuses:
         last = f"{s.last_delivered:%Y-%m-%d %H:%M} UTC" if s.last_delivered else "never"
-        echo(f"{s.who}  ({s.frequency}) follows {', '.join(s.watches)}")
+        state = f", {states[s.state]}" if s.state in states else ""
+        source = " · web" if s.source == "web" else ""
+        echo(f"{s.who}  ({s.frequency}{state}) follows {', '.join(s.watches) or 'nothing'}{source}")
         if s.name and s.email:
             echo(f"  email {s.email}")
         for url in s.notify:
@@ -502,6 +514,28 @@ def subscribers(app: App, as_json: bool) -> None:
         echo(f"  last digest {last} · {present.plural(s.pending_changes, 'change')} pending · {s.queued} queued{kinds}")
         for digest_id, error in s.failed:
             echo(f"  failed digest #{digest_id}: {error}")
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@click.pass_obj
+def subscribers_remove(app: App, email: str) -> None:
+    """Unsubscribe EMAIL by hand: no more digests (queued ones are cancelled), and their manage links stop working.
+
+    A subscriber from the config stays off until they subscribe again themselves on the pages.
+    """
+    from watcher.accounts import remove
+    from watcher.clock import utcnow
+
+    with app.store.write() as session:
+        removed = remove(session, app.config, email, utcnow())
+    if removed.was == "unsubscribed":
+        echo(f"{removed.email} was already unsubscribed.")
+        return
+    note = (
+        " (listed in the config: skipped until they subscribe again themselves)" if removed.source == "config" else ""
+    )
+    echo(f"{removed.email} is unsubscribed: no more digests{note}.")
 
 
 @cli.command("test-email")
@@ -563,6 +597,24 @@ def daemon(app: App, log_level: str) -> None:
     from watcher.scheduler import run_daemon
 
     run_daemon(app.config, app.store)
+
+
+@cli.command()
+@click.option("--listen", metavar="HOST:PORT", help="Where to bind (default: [web] listen).")
+@click.option(
+    "--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info", show_default=True,
+    help="How much to log on stderr.",
+)  # fmt: skip
+@click.pass_obj
+def serve(app: App, listen: str | None, log_level: str) -> None:
+    """Serve the web pages alone ([web] in the config): watches, trials, feeds, subscribing.
+
+    `watcher daemon` serves them too when [web] is set. Stops cleanly on SIGTERM or Ctrl-C.
+    """
+    setup_logging(log_level, force=True)
+    from watcher.web.app import run_until_stopped
+
+    run_until_stopped(app.config, app.store, listen)
 
 
 @cli.command()

@@ -148,6 +148,24 @@ def _unsubscribe(value: str) -> str:
     return value
 
 
+def _public_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value.strip():
+        raise ValueError(f'"{value}" is not an http(s) URL (like "https://trials.example.org")')
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f'"{value}" must be a plain address (no query, fragment or user)')
+    return value.strip().rstrip("/")
+
+
+def check_listen(value: str) -> str:
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})", value.strip())
+    if not match or not 0 < int(match[2]) < 65536:
+        raise ValueError(f'"{value}" is not a HOST:PORT to listen on (like "127.0.0.1:8080")')
+    return value.strip()
+
+
 def _env_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
         raise ValueError(f'"{value}" is not an environment variable name')
@@ -375,6 +393,55 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The web pages: where people reach them, where the server binds, and what signs their tokens."""
+
+    public_url: str = field(metadata=_check(_public_url))  # every link in an email starts with it
+    listen: str = field(default="127.0.0.1:8080", metadata=_check(check_listen))
+    # the environment variable holding the secret that signs tokens and forms; without it, one is made
+    # once and kept in the database
+    secret_env: str | None = field(default=None, metadata=_check(_env_name))
+    subscribe: bool = True  # self-service subscriptions on the pages
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def is_https(self) -> bool:
+        return self.public_url.startswith("https://")
+
+    @property
+    def plain_http_in_public(self) -> bool:
+        """A plain-http public address on a host other than this machine: mail providers want https."""
+        from urllib.parse import urlsplit
+
+        host = urlsplit(self.public_url).hostname or ""
+        return not self.is_https and host not in ("localhost", "127.0.0.1", "::1")
+
+    def url(self, path: str) -> str:
+        return f"{self.public_url}{path}"
+
+    def secret(self) -> str | None:
+        """The secret from the environment, read at the moment it is needed (None: kept in the database)."""
+        if not self.secret_env:
+            return None
+        value = os.environ.get(self.secret_env)
+        if not value:
+            raise ConfigError(f"[web] secret_env: environment variable {self.secret_env} is not set")
+        if len(value) < 32:
+            raise ConfigError(
+                f"[web] secret_env: the secret in {self.secret_env} is too short (at least 32 characters; "
+                "e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return value
+
+
+@dataclass(frozen=True)
 class Subscriber:
     """Someone who gets digests: by email, on channels (Apprise URLs), or both."""
 
@@ -453,6 +520,7 @@ class Config:
     schedule: ScheduleSettings
     webhooks: tuple[Webhook, ...] = ()
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    web: WebSettings | None = None
 
     @property
     def folder(self) -> Path:
@@ -499,7 +567,7 @@ def resolve_sqlite_path(url: str, folder: Path, filename: str) -> Path:
 
 # --- loading ----------------------------------------------------------------------------
 
-_TOP_LEVEL = ("ctgov", "database", "watch", "mail", "smtp", "subscriber", "webhook", "alerts", "schedule")
+_TOP_LEVEL = ("ctgov", "database", "watch", "mail", "smtp", "subscriber", "webhook", "alerts", "schedule", "web")
 
 
 def config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -590,6 +658,7 @@ def parse_config(raw: dict[str, Any], path: Path, shown: str | None = None) -> C
         schedule=schedule,
         webhooks=webhooks,
         alerts=alerts,
+        web=loader.build(WebSettings, raw["web"], "[web]") if "web" in raw else None,
     )
     if config.database.is_sqlite:
         resolve_sqlite_path(config.database.url, path.parent, loader.filename)

@@ -24,20 +24,21 @@ from typing import Any, Self
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import insert
-from sqlmodel import Session, func, select
+from sqlmodel import Session, select
 
 from watcher import masking, models
 from watcher.changes import LoggedChange
 from watcher.clock import Clock, utcnow
 from watcher.config import Config, Frequency, Subscriber, Webhook
-from watcher.digest import Digest, Rendered, build
+from watcher.digest import Digest, MailLinks, Rendered, build
 from watcher.mailer import Rejected, Transport, build_message, default_unsubscribe, make_transport, new_message_id
 from watcher.models import table_of
 from watcher.outbox import Claimed, Outcome, SendStatus, send_pending
-from watcher.states import ChannelKind, DigestState
-from watcher.store import Store, load_records, study_rows
-from watcher.subscribers import ALL_WATCHES, Recipient, enroll, pending_changes, set_last_slot
+from watcher.states import ChannelKind, DigestState, MessageKind, TokenPurpose
+from watcher.store import Store, load_records, newest_change_id, study_rows
+from watcher.subscribers import ALL_WATCHES, Recipient, enroll, kinds_of, pending_changes, set_last_slot
 from watcher.timing import current_slot, is_due
+from watcher.tokens import random_token, record_view_token
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,42 @@ def unsubscribe_link(config: Config) -> str:
     return config.mail.unsubscribe or default_unsubscribe(config.mail.from_)
 
 
+def unsubscribe_mailto(config: Config) -> str:
+    """The mailto: that follows the one-click link in `List-Unsubscribe` when [web] is set."""
+    configured = config.mail.unsubscribe
+    return configured if configured and configured.startswith("mailto:") else default_unsubscribe(config.mail.from_)
+
+
+@dataclass
+class WebLinks:
+    """The subscribers' link tokens for one run of digests ([web] set)."""
+
+    public_url: str
+    unsubscribe: dict[str, str]  # subscriber key → token
+    manage: dict[str, str]
+
+    def for_digest(self, key: str, view_token: str) -> MailLinks:
+        return MailLinks(
+            unsubscribe=f"{self.public_url}/unsubscribe/{self.unsubscribe[key]}",
+            manage=f"{self.public_url}/manage/{self.manage[key]}",
+            view=f"{self.public_url}/digest/{view_token}",
+        )
+
+
+def web_links(session: Session, config: Config, keys: list[str], now: datetime) -> WebLinks | None:
+    """The unsubscribe and manage tokens of these subscribers (made where missing), or None without [web]."""
+    if config.web is None or not keys:
+        return None
+    from watcher import tokens
+
+    secret = tokens.load_secret(session, config, now)
+    return WebLinks(
+        config.web.public_url,
+        tokens.current(session, secret, keys, TokenPurpose.UNSUBSCRIBE, now),
+        tokens.current(session, secret, keys, TokenPurpose.MANAGE, now),
+    )
+
+
 # --- who is due, and with what ------------------------------------------------------------
 
 
@@ -66,6 +103,7 @@ def compose(
     changes: list[LoggedChange],
     now: datetime,
     records: dict[str, dict[str, Any]] | None = None,
+    links: MailLinks | None = None,
 ) -> Digest | None:
     """The digest of these changes for a subscriber. `records` caches study records across calls."""
     records = {} if records is None else records
@@ -73,7 +111,7 @@ def compose(
     local_day = now.astimezone(ZoneInfo(config.schedule.timezone)).date()
     return build(
         recipient.email or recipient.label, recipient.frequency, recipient.watch_names, changes, records, local_day,
-        unsubscribe_link(config), recipient.kinds,
+        unsubscribe_link(config), recipient.kinds, links,
     )  # fmt: skip
 
 
@@ -91,10 +129,14 @@ def queue_due(
         roster = enroll(session, config, now)
         due = [r for r in roster.recipients if everyone or is_due(now, r.frequency, config.schedule, r.last_slot)]
         pending = pending_changes(session, due)
+        mailed = [r.key for r in due if pending[r.key] and r.email and r.webhook is None]
+        links = web_links(session, config, mailed, now)
         for recipient in due:
             try:
                 with session.begin_nested():
-                    outcomes = _queue_one(session, config, recipient, pending[recipient.key], now, records, dry_run)
+                    outcomes = _queue_one(
+                        session, config, recipient, pending[recipient.key], now, records, dry_run, links
+                    )
             except Exception as exc:  # one subscriber's digest must not stop the others'
                 log.error("the digest for %s could not be built: %s", recipient.label, exc)
                 log.debug("digest failure details", exc_info=True)
@@ -113,11 +155,14 @@ def _queue_one(
     now: datetime,
     records: dict[str, dict[str, Any]],
     dry_run: bool,
+    links: WebLinks | None = None,
 ) -> list[Outcome]:
     """Every row of one recipient's digest (email, each channel) or webhook delivery, stored together."""
     if recipient.webhook is not None:
         return _queue_webhook(session, recipient.webhook, recipient.key, changes, now, dry_run)
-    digest = compose(session, config, recipient, changes, now, records)
+    view_token = random_token() if links is not None and recipient.key in links.unsubscribe and changes else None
+    mail_links = links.for_digest(recipient.key, view_token) if links is not None and view_token else None
+    digest = compose(session, config, recipient, changes, now, records, mail_links)
     slot = current_slot(now, recipient.frequency, config.schedule)
     if not dry_run and slot is not None:
         set_last_slot(session, recipient, slot)
@@ -137,6 +182,8 @@ def _queue_one(
         if kind is ChannelKind.EMAIL:
             rendered = rendered or _render(digest)
             digest_id = persist(session, config, digest, rendered, now, recipient.key)
+            if view_token is not None:
+                record_view_token(session, view_token, recipient.key, digest_id, now)
         else:
             from watcher.channels import chat_digest, target_of
 
@@ -177,10 +224,27 @@ def _render(digest: Digest) -> Rendered:
 
 
 def persist(session: Session, config: Config, digest: Digest, rendered: Rendered, now: datetime, key: str) -> int:
-    """Store a digest for the subscriber `key`, with its exact message, before any send; returns its id."""
+    """Store a digest for the subscriber `key`, with its exact message, before any send; returns its id.
+
+    With [web] set its `List-Unsubscribe` is the one-click page, then the mailto:, with
+    `List-Unsubscribe-Post` (RFC 8058); without, the mailto: (or https) link of [mail] alone.
+    """
     message_id = new_message_id(config.mail.from_)
-    message = build_message(rendered, config.mail.from_, digest.email, message_id, now, digest.unsubscribe)
+    if digest.links is not None:
+        unsubscribe: list[str] = [digest.links.unsubscribe, unsubscribe_mailto(config)]
+        message = build_message(rendered, config.mail.from_, digest.email, message_id, now, unsubscribe, True)
+    else:
+        message = build_message(rendered, config.mail.from_, digest.email, message_id, now, digest.unsubscribe)
     return _insert(session, key, ChannelKind.EMAIL, None, message_id, rendered.subject, message, digest.change_ids, now)
+
+
+def persist_notice(
+    session: Session, config: Config, key: str, email: str, rendered: Rendered, kind: MessageKind, now: datetime
+) -> int:
+    """Store a confirmation or manage-link email in the outbox (it covers no change); returns its id."""
+    message_id = new_message_id(config.mail.from_, kind.value)
+    message = build_message(rendered, config.mail.from_, email, message_id, now, None)
+    return _insert(session, key, ChannelKind.EMAIL, None, message_id, rendered.subject, message, (), now, kind)
 
 
 def _insert(
@@ -193,6 +257,7 @@ def _insert(
     message: bytes,
     change_ids: tuple[int, ...],
     now: datetime,
+    kind: MessageKind = MessageKind.DIGEST,
 ) -> int:
     """One outbox row and the changes it covers; returns its id."""
     outbox = table_of(models.OutboxMessage)  # Core: a thousand digests in one run stay cheap
@@ -201,7 +266,7 @@ def _insert(
         {
             "email": key, "message_id": message_id, "subject": subject, "message": message,
             "changes": len(change_ids), "status": DigestState.PENDING, "attempts": 0, "created_at": now,
-            "channel": channel.value, "target": target, "parts_sent": 0,
+            "channel": channel.value, "target": target, "parts_sent": 0, "kind": kind,
         },
     ).scalar_one()  # fmt: skip
     if change_ids:
@@ -328,27 +393,30 @@ def resend_due(
 
 
 def preview(config: Config, store: Store, email: str, now: datetime) -> tuple[Digest, Rendered] | None:
-    """The next digest of a subscriber, rendered; nothing is stored or marked."""
-    subscriber = config.subscriber(email)
+    """The next digest of a subscriber (from the config, or active on the web pages), rendered; nothing
+    is stored or marked. Its web links, if any, are left out: making them would store tokens."""
+    key = email.lower()
     with store.read() as session:
         following = {
             row.watch: row.after_change
-            for row in session.exec(
-                select(models.Subscription).where(models.Subscription.subscriber == subscriber.key)
-            ).all()
+            for row in session.exec(select(models.Subscription).where(models.Subscription.subscriber == key)).all()
         }
-        newest = session.exec(select(func.max(models.ChangeEntry.id))).one() or 0
-        watches = {w: following.get(w, following.get(ALL_WATCHES, newest)) for w in subscriber.watches}
-        recipient = Recipient(
-            subscriber.key,
-            subscriber.email,
-            subscriber.frequency,
-            subscriber.kinds,
-            watches,
-            None,
-            name=subscriber.name,
-            notify=subscriber.notify,
-        )
+        account = session.get(models.SubscriberAccount, key)
+        configured = next((s for s in config.subscribers if s.key == key), None)
+        if configured is not None or account is None:
+            subscriber = config.subscriber(email)
+            newest = newest_change_id(session)
+            watches = {w: following.get(w, following.get(ALL_WATCHES, newest)) for w in subscriber.watches}
+            recipient = Recipient(
+                subscriber.key, subscriber.email, subscriber.frequency, subscriber.kinds, watches, None,
+                name=subscriber.name, notify=subscriber.notify,
+            )  # fmt: skip
+        else:
+            known = {w.name for w in config.watches}
+            recipient = Recipient(
+                key, account.email or key, Frequency(account.frequency), kinds_of(account.kinds),
+                {w: after for w, after in following.items() if w in known}, None,
+            )  # fmt: skip
         pending = pending_changes(session, [recipient])[recipient.key]
         digest = compose(session, config, recipient, pending, now)
     return None if digest is None else (digest, _render(digest))

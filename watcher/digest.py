@@ -31,6 +31,15 @@ class TrialUpdate:
 
 
 @dataclass(frozen=True)
+class MailLinks:
+    """The web pages' links in one subscriber's digest (when [web] is set)."""
+
+    unsubscribe: str  # a page with a button; a one-click POST from the mail provider
+    manage: str
+    view: str  # this digest in the browser
+
+
+@dataclass(frozen=True)
 class Digest:
     email: str
     day: date
@@ -41,6 +50,7 @@ class Digest:
     change_ids: tuple[int, ...]
     unsubscribe: str
     extra: dict[str, Any] = field(default_factory=dict)
+    links: MailLinks | None = None
 
     @property
     def date_text(self) -> str:
@@ -89,6 +99,7 @@ def build(
     day: date,
     unsubscribe: str,
     kinds: Sequence[Category] = (),
+    links: MailLinks | None = None,
 ) -> Digest | None:
     """The digest for one subscriber, or None when there is nothing to tell."""
     wanted = [c for c in changes if not kinds or category_of(c) in kinds]
@@ -127,6 +138,7 @@ def build(
         trials=tuple(trials),
         change_ids=tuple(sorted(c.id for c in wanted)),
         unsubscribe=unsubscribe,
+        links=links,
     )
 
 

@@ -8,11 +8,13 @@ A transport's `send` returns only when the message was accepted; otherwise it ra
 from __future__ import annotations
 
 import os
+import re
 import smtplib
 import socket
 import ssl
 import tempfile
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from email import policy
 from email.charset import BASE64, Charset
@@ -32,6 +34,12 @@ _CRLF = policy.compat32.clone(linesep="\r\n")
 
 _UTF8_B = Charset("utf-8")
 _UTF8_B.header_encoding = BASE64  # one encoding, not the costly shortest-of-two search
+# Bodies in base64, whatever else in the process changed the module-wide default for utf-8
+# (Apprise's email plugin switches it to quoted-printable when it is imported).
+_UTF8_BODY = Charset("utf-8")
+_UTF8_BODY.header_encoding = BASE64
+_UTF8_BODY.body_encoding = BASE64
+_UTF8_BODY = Charset("utf-8")  # bodies as MIMEText encodes them (base64)
 
 
 def _header_text(text: str) -> str | Header:
@@ -60,7 +68,21 @@ def new_message_id(sender: str, purpose: str = "digest") -> str:
     return f"<{purpose}.{uuid.uuid4().hex}@{domain}>"
 
 
-def _headers(message: MIMEText | MIMEMultipart, headers: list[tuple[str, str | Header]]) -> None:
+class _UriList:
+    """A `List-Unsubscribe` value: URIs in angle brackets, one per line when there are several (a long
+    URL folded by the stdlib would leave the header's first line empty). Header-like for compat32."""
+
+    def __init__(self, uris: Sequence[str]) -> None:
+        self.items = [f"<{one_line(uri)}>" for uri in uris]
+
+    def encode(self, linesep: str = "\n", **_: object) -> str:
+        return f",{linesep} ".join(self.items)
+
+    def __str__(self) -> str:
+        return ", ".join(self.items)
+
+
+def _headers(message: MIMEText | MIMEMultipart, headers: list[tuple[str, str | Header | _UriList]]) -> None:
     for name, value in headers:
         if isinstance(value, str) and ("\r" in value or "\n" in value):
             raise ValueError(f"{name} header would span lines")
@@ -71,34 +93,77 @@ def default_unsubscribe(sender: str) -> str:
     return f"mailto:{address_of(sender)}?subject=unsubscribe"
 
 
-def build_message(rendered: Rendered, sender: str, to: str, message_id: str, date: datetime, unsubscribe: str) -> bytes:
-    """The digest as an RFC 5322 message (multipart/alternative: text, then HTML), CRLF line ends.
+def build_message(
+    rendered: Rendered,
+    sender: str,
+    to: str,
+    message_id: str,
+    date: datetime,
+    unsubscribe: str | Sequence[str] | None,
+    one_click: bool | None = None,
+) -> bytes:
+    """A message (multipart/alternative: text, then HTML) as RFC 5322 bytes with CRLF line ends.
+
+    `unsubscribe` is the `List-Unsubscribe` URI, or several (the one-click https page first, then a
+    mailto:); None leaves the header out (a confirmation is not list mail). `one_click` adds
+    `List-Unsubscribe-Post` (RFC 8058); by default when the first URI is https.
 
     Built with the stdlib's `email.mime` classes, which are twice as fast as `EmailMessage` for
     this (it matters at a thousand digests a run). Those do not refuse CR/LF in a header, so
     every header value is put on one line here, and checked.
     """
     message = MIMEMultipart("alternative")
-    headers: list[tuple[str, str | Header]] = [
+    headers: list[tuple[str, str | Header | _UriList]] = [
         ("From", formataddr(parseaddr(one_line(sender)), "utf-8")),
         ("To", one_line(to)),
         ("Subject", _header_text(one_line(rendered.subject))),
         ("Date", format_datetime(date)),
         ("Message-ID", one_line(message_id)),
-        ("List-Unsubscribe", f"<{one_line(unsubscribe)}>"),
-        ("Auto-Submitted", "auto-generated"),
     ]
-    if unsubscribe.startswith("https://"):
-        headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    uris = [unsubscribe] if isinstance(unsubscribe, str) else list(unsubscribe or ())
+    if uris:
+        headers.append(("List-Unsubscribe", _UriList(uris)))
+        if one_click if one_click is not None else uris[0].startswith("https://"):
+            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    headers.append(("Auto-Submitted", "auto-generated"))
     _headers(message, headers)
-    message.attach(MIMEText(rendered.text, "plain", "utf-8"))
-    message.attach(MIMEText(rendered.html, "html", "utf-8"))
+    message.attach(MIMEText(rendered.text, "plain", _UTF8_BODY))  # type: ignore[arg-type]
+    message.attach(MIMEText(rendered.html, "html", _UTF8_BODY))  # type: ignore[arg-type]
     return message.as_bytes(policy=_CRLF)
+
+
+_LINK_TOKEN = re.compile(r"(/(?:unsubscribe|manage|digest|confirm)/)[A-Za-z0-9_-]{32,}")
+REDACTED = "redacted"
+
+
+def redact_links(message: bytes) -> bytes:
+    """The message with the tokens of its web links replaced by `redacted`: what the outbox keeps of a
+    message once it is sent (the links stay working; the database no longer holds them)."""
+    from email import message_from_bytes
+
+    parsed = message_from_bytes(message, policy=_CRLF)
+    for name in ("List-Unsubscribe",):
+        value = parsed.get(name)
+        if value is not None:
+            uris = re.findall(r"<([^>]*)>", str(value))
+            parsed.replace_header(name, _UriList([_LINK_TOKEN.sub(rf"\g<1>{REDACTED}", u) for u in uris]))  # type: ignore[arg-type]
+    for part in parsed.walk():
+        if part.get_content_maintype() != "text":
+            continue
+        raw = part.get_payload(decode=True)
+        if not isinstance(raw, bytes):
+            continue
+        text = raw.decode(part.get_content_charset() or "utf-8", errors="replace")
+        cleaned = _LINK_TOKEN.sub(rf"\g<1>{REDACTED}", text)
+        if cleaned != text:
+            del part["Content-Transfer-Encoding"]
+            part.set_payload(cleaned, _UTF8_BODY)
+    return parsed.as_bytes(policy=_CRLF)
 
 
 def build_alert(subject: str, text: str, sender: str, to: str, message_id: str, date: datetime) -> bytes:
     """A plain-text message to the operator (never to subscribers), CRLF line ends."""
-    message = MIMEText(text, "plain", "utf-8")
+    message = MIMEText(text, "plain", _UTF8_BODY)  # type: ignore[arg-type]
     _headers(
         message,
         [

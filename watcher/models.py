@@ -172,6 +172,7 @@ class OutboxMessage(SQLModel, table=True):
     # a sender's claim while it sends (see watcher.outbox): who, and until when it stands
     claimed_by: str | None = None
     claimed_until: datetime | None = None
+    kind: str = "digest"  # a MessageKind: a digest, or a confirmation / manage link from the web pages
 
 
 class DigestChange(SQLModel, table=True):
@@ -179,6 +180,42 @@ class DigestChange(SQLModel, table=True):
 
     digest_id: int = Field(foreign_key="digest.id", primary_key=True)
     change_id: int = Field(foreign_key="change.id", primary_key=True, index=True)
+
+
+class WebToken(SQLModel, table=True):
+    """A link's token, stored only as its SHA-256. A subscriber's confirm, manage and unsubscribe tokens
+    are HMACs of the secret and `nonce` (so every email can carry the same link); a digest's view token
+    is random. Either way the token itself is never stored."""
+
+    __tablename__ = "webtoken"
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True, index=True)  # sha256 of the token, hex
+    subscriber: str = Field(foreign_key="subscriber.key", index=True)
+    purpose: str  # a TokenPurpose
+    nonce: str | None = None
+    digest_id: int | None = Field(default=None, foreign_key="digest.id")
+    created_at: datetime
+    expires_at: datetime | None = None
+    used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class RateHit(SQLModel, table=True):
+    """One request or email counted against a limit: `bucket` names whose (an HMAC, never an address)."""
+
+    __tablename__ = "ratehit"
+    id: int | None = Field(default=None, primary_key=True)
+    bucket: str = Field(index=True)
+    at: datetime = Field(index=True)
+
+
+class WebSecret(SQLModel, table=True):
+    """The secret that signs tokens and forms when [web] secret_env is not set: made once, kept here."""
+
+    __tablename__ = "websecret"
+    id: int = Field(default=1, primary_key=True)
+    secret: str
+    created_at: datetime
 
 
 class DaemonState(SQLModel, table=True):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,9 +39,9 @@ from watcher import models
 from watcher.clock import Clock
 from watcher.db import Backend, process_alive, this_process
 from watcher.errors import DeliveryError, WatcherError
-from watcher.mailer import Deferred, Rejected
+from watcher.mailer import Deferred, Rejected, redact_links
 from watcher.models import table_of
-from watcher.states import ChannelKind, DigestState
+from watcher.states import ChannelKind, DigestState, MessageKind
 from watcher.store import Store
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Claimed:
     message_id: str = ""
     attempts: int = 0
     parts_sent: int = 0
+    kind: str = MessageKind.DIGEST.value
 
     @property
     def name(self) -> str:
@@ -97,21 +98,23 @@ class Claimed:
 
 
 class _Cursor:
-    """Where the senders of one run are in the queue: each message is tried once per run."""
+    """Where the senders of one run are in the queue: each message is tried once per run.
+    `only` limits the run to some messages (the web pages send a confirmation at once)."""
 
-    def __init__(self) -> None:
+    def __init__(self, only: Collection[int] | None = None) -> None:
         self.after = 0
         self.lock = threading.Lock()
+        self.only = only
 
 
-def _next_pending(after: int, limit: int, due_at: datetime | None) -> Select[Any]:
+def _next_pending(after: int, limit: int, due_at: datetime | None, only: Collection[int] | None) -> Select[Any]:
     """Pending messages after id `after`; with `due_at`, only those whose wait after a deferral is over."""
     outbox = table_of(models.OutboxMessage)
     c = outbox.c
     query = (
         select(
             c.id, c.email, c.subject, c.changes, c.message, c.created_at, c.claimed_by, c.claimed_until,
-            c.channel, c.target, c.message_id, c.attempts, c.parts_sent,
+            c.channel, c.target, c.message_id, c.attempts, c.parts_sent, c.kind,
         )
         .where(c.status == DigestState.PENDING.value, c.id > after)
         .order_by(c.id)
@@ -119,14 +122,28 @@ def _next_pending(after: int, limit: int, due_at: datetime | None) -> Select[Any
     )  # fmt: skip
     if due_at is not None:
         query = query.where(or_(c.next_attempt_at.is_(None), c.next_attempt_at <= due_at))
-    return query
+    return query if only is None else query.where(c.id.in_(list(only)))
 
 
 def _claimed(row: Row[Any]) -> Claimed:
     return Claimed(
         row.id, row.email, row.subject, row.changes, bytes(row.message), row.created_at,
-        ChannelKind(row.channel), row.target, row.message_id, row.attempts, row.parts_sent,
+        ChannelKind(row.channel), row.target, row.message_id, row.attempts, row.parts_sent, row.kind,
     )  # fmt: skip
+
+
+_WEB_LINK = re.compile(rb"/unsubscribe/[A-Za-z0-9_-]{32}")
+
+
+def _kept(claimed: Claimed) -> bytes | None:
+    """What the outbox keeps of a message that went out: without its links' tokens (None: unchanged).
+    A message waiting for a retry keeps them: it must go out exactly as built."""
+    if claimed.channel is not ChannelKind.EMAIL:
+        return None
+    head = claimed.message.split(b"\r\n\r\n", 1)[0]
+    if claimed.kind == MessageKind.DIGEST and not _WEB_LINK.search(head):
+        return None
+    return redact_links(claimed.message)
 
 
 @dataclass(frozen=True)
@@ -141,20 +158,20 @@ class Attempt:
 def _mark(session: Session | Connection, claimed: Claimed, attempt: Attempt, now: datetime) -> None:
     outbox = models.OutboxMessage
     deferred = attempt.state is DigestState.PENDING
-    session.execute(
-        update(outbox)
-        .where(col(outbox.id) == claimed.id)
-        .values(
-            status=attempt.state,
-            attempts=outbox.attempts + 1,
-            last_error=attempt.outcome.detail or None,
-            sent_at=now if attempt.state is DigestState.SENT else None,
-            parts_sent=attempt.parts_sent,
-            next_attempt_at=now + retry_delay(claimed.attempts + 1) if deferred else None,
-            claimed_by=None,
-            claimed_until=None,
-        )
-    )
+    values: dict[str, Any] = {
+        "status": attempt.state,
+        "attempts": outbox.attempts + 1,
+        "last_error": attempt.outcome.detail or None,
+        "sent_at": now if attempt.state is DigestState.SENT else None,
+        "parts_sent": attempt.parts_sent,
+        "next_attempt_at": now + retry_delay(claimed.attempts + 1) if deferred else None,
+        "claimed_by": None,
+        "claimed_until": None,
+    }
+    kept = _kept(claimed) if attempt.state is DigestState.SENT else None
+    if kept is not None:
+        values["message"] = kept  # the tokens of a sent message's links are not kept
+    session.execute(update(outbox).where(col(outbox.id) == claimed.id).values(**values))
 
 
 # --- claims -------------------------------------------------------------------------------------
@@ -167,7 +184,8 @@ def _claim_postgres(
     """The next pending message, row-locked in a transaction that stays open while it is sent."""
     with store.engine.connect() as conn, conn.begin():
         with cursor.lock:
-            row = conn.execute(_next_pending(cursor.after, 1, due_at).with_for_update(skip_locked=True)).first()
+            query = _next_pending(cursor.after, 1, due_at, cursor.only).with_for_update(skip_locked=True)
+            row = conn.execute(query).first()
             if row is None:
                 yield None
                 return
@@ -182,7 +200,7 @@ def _claim_sqlite(store: Store, cursor: _Cursor, me: str, now: datetime, due_at:
     with cursor.lock:
         while True:
             with store.write() as session:
-                rows = session.execute(_next_pending(cursor.after, 50, due_at)).all()
+                rows = session.execute(_next_pending(cursor.after, 50, due_at, cursor.only)).all()
                 if not rows:
                     return None
                 for row in rows:
@@ -221,7 +239,7 @@ def _deliver(courier: Courier, claimed: Claimed) -> Attempt:
     def outcome(status: SendStatus, detail: str = "") -> Outcome:
         return Outcome(who, status, claimed.subject, claimed.changes, detail, claimed.id, via)
 
-    kind = "digest" if claimed.channel is ChannelKind.EMAIL else f"{claimed.channel} message"
+    kind = claimed.kind if claimed.channel is ChannelKind.EMAIL else f"{claimed.channel} message"
     try:
         courier.deliver(claimed)
     except Rejected as exc:
@@ -284,11 +302,12 @@ def send_pending(
     cancel: threading.Event | None = None,
     workers: int = 1,
     respect_backoff: bool = False,
+    only: Collection[int] | None = None,
 ) -> list[Outcome]:
-    """Try every pending message once, with `workers` senders side by side (each its own
-    connection to the mail server). One failing recipient does not stop the others.
+    """Try every pending message once (or those of `only`), with `workers` senders side by side
+    (each its own connection to the mail server). One failing recipient does not stop the others.
     `respect_backoff` (the daemon) leaves a deferred message alone until its wait is over."""
-    cursor = _Cursor()
+    cursor = _Cursor(only)
     outcomes: list[Outcome] = []
     if workers <= 1:
         _sender(store, couriers(), clock, cursor, cancel, outcomes, respect_backoff)
@@ -306,6 +325,23 @@ def send_pending(
     for thread in threads:
         thread.join()
     return sorted(outcomes, key=lambda o: o.digest_id or 0)
+
+
+def cancel_queued(session: Session, key: str) -> int:
+    """Whatever is still queued for the subscriber `key` is never sent (they unsubscribed)."""
+    outbox = models.OutboxMessage
+    rows = session.exec(
+        model_select(outbox).where(col(outbox.email) == key, col(outbox.status) == DigestState.PENDING.value)
+    ).all()
+    for row in rows:
+        message = bytes(row.message)
+        claimed = Claimed(
+            row.id or 0, row.email, "", 0, message, row.created_at, ChannelKind(row.channel), kind=row.kind
+        )
+        row.message = _kept(claimed) or message
+        row.status, row.last_error = DigestState.CANCELLED, "the recipient unsubscribed before it was sent"
+        session.add(row)
+    return len(rows)
 
 
 def pending_due(store: Store, now: datetime) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -46,3 +47,12 @@ def render(digest: Digest) -> Rendered:
     text = env.get_template("digest.txt.j2").render(digest=digest)
     html = env.get_template("digest.html.j2").render(digest=digest)
     return Rendered(subject=digest.subject, text=text, html=html)
+
+
+def render_notice(name: str, **context: Any) -> Rendered:
+    """A short email that is not a digest (`confirm`, `manage_link`): templates `NAME.txt.j2` and
+    `NAME.html.j2`; the subject is the text part's first line."""
+    env = environment()
+    subject, _, text = env.get_template(f"{name}.txt.j2").render(**context).partition("\n")
+    html = env.get_template(f"{name}.html.j2").render(subject=subject, **context)
+    return Rendered(subject=subject.strip(), text=text.lstrip("\n"), html=html)

@@ -304,7 +304,7 @@ class Worker:
             log.error("could not tell the operator %s: %s", operator, exc)
 
     def _digests(self) -> None:
-        if not self.config.subscribers and not self.config.webhooks:
+        if not self.config.subscribers and not self.config.webhooks and self.config.web is None:
             return
         from watcher.delivery import send_due
 
@@ -423,8 +423,13 @@ def run_daemon(config: Config, store: Store) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     lost = threading.Event()
+    web: Any = None
     try:
         with leadership(store, worker.cancel) as lock:
+            if config.web is not None:  # a small install is one process: the pages too
+                from watcher.web.app import serve
+
+                web = serve(config, store)
             started_at = utcnow()
             _record_state(store, None, started_at)
             scheduler = build_scheduler(worker, started_at)
@@ -441,9 +446,10 @@ def run_daemon(config: Config, store: Store) -> None:
             sync_desc = config.schedule.sync_cron or f"every {config.schedule.sync_every or '6h'}"
             hooks = f", {len(config.webhooks)} webhooks" if config.webhooks else ""
             log.info(
-                "daemon started (pid %d): %d watches, %d subscribers%s, sync %s, digests at %s %s, database %s",
+                "daemon started (pid %d): %d watches, %d subscribers%s, sync %s, digests at %s %s, database %s%s",
                 os.getpid(), len(config.watches), len(config.subscribers), hooks, sync_desc,
                 config.schedule.digest_time, config.schedule.timezone, store.database.display,
+                f", pages on {web.url}" if web is not None else "",
             )  # fmt: skip
             if not worker.cancel.is_set():
                 scheduler.start()  # blocks until stop()
@@ -456,6 +462,9 @@ def run_daemon(config: Config, store: Store) -> None:
             worker.busy.release()
     except _StoppedOnStandby:
         pass
+    finally:
+        if web is not None:
+            web.stop()
     if lost.is_set():
         raise WatcherError(f"lost the connection holding the lead on {store.database.display}; stopped")
     log.info("daemon stopped")

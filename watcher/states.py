@@ -21,6 +21,24 @@ class DigestState(StrEnum):
     PENDING = "pending"  # queued: not yet accepted by the mail server (new, or deferred)
     SENT = "sent"
     FAILED = "failed"  # refused for good; `digest send --retry-failed` queues it again
+    CANCELLED = "cancelled"  # its recipient unsubscribed before it went out: never sent
+
+
+class MessageKind(StrEnum):
+    """What an outbox message is. Only digests cover changes."""
+
+    DIGEST = "digest"
+    CONFIRM = "confirm"  # the link that confirms a subscription made on the web pages
+    MANAGE = "manage"  # an already active address asked to subscribe: the link to manage it
+
+
+class TokenPurpose(StrEnum):
+    """What a link's token lets its holder do (one token per subscriber and purpose)."""
+
+    CONFIRM = "confirm"
+    MANAGE = "manage"
+    UNSUBSCRIBE = "unsubscribe"
+    VIEW = "view"  # one sent digest, in the browser (one token per digest)
 
 
 class ChannelKind(StrEnum):

@@ -32,7 +32,7 @@ from watcher.states import DigestState, RunKind, RunOutcome
 T = TypeVar("T")
 # The newest migration (watcher/migrations/versions); a test keeps the two in step. A database
 # at this revision opens without importing Alembic, so reading commands start fast.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 
 def chunks(items: Iterable[T], size: int = 500) -> Iterator[list[T]]:
@@ -307,6 +307,11 @@ def forget_watches(session: Session, keep: Iterable[str]) -> None:
     names = list(keep)
     session.execute(delete(models.Membership).where(col(models.Membership.watch).not_in(names)))
     session.execute(delete(models.WatchState).where(col(models.WatchState.name).not_in(names)))
+
+
+def newest_change_id(session: Session) -> int:
+    """The highest id in the change log (0 when empty): a subscription that starts now starts after it."""
+    return session.exec(select(func.max(models.ChangeEntry.id))).one() or 0
 
 
 # --- records that failed the shape check ---------------------------------------------------------

@@ -19,14 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlmodel import Session, col, delete, func, select
+from sqlmodel import Session, col, delete, select
 
 from watcher import masking, models
 from watcher.changes import Category, LoggedChange
 from watcher.config import Config, Frequency, Subscriber, Webhook
 from watcher.fields import category_of
 from watcher.states import AccountState, SubscriberSource
-from watcher.store import Store, last_covered, query_changes
+from watcher.store import Store, last_covered, newest_change_id, query_changes
 from watcher.timing import current_slot
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Roster:
         return {r.key: r for r in self.recipients}
 
 
-def _kinds(text: str | None) -> tuple[Category, ...]:
+def kinds_of(text: str | None) -> tuple[Category, ...]:
     return tuple(Category(k) for k in json.loads(text)) if text else ()
 
 
@@ -93,7 +93,7 @@ def _configured(config: Config) -> dict[str, Subscriber | Webhook]:
 def enroll(session: Session, config: Config, now: datetime) -> Roster:
     """Bring the config's subscribers and webhooks into the database and return everyone who gets digests now."""
     accounts = {a.key: a for a in session.exec(select(models.SubscriberAccount)).all()}
-    newest = session.exec(select(func.max(models.ChangeEntry.id))).one() or 0  # a subscription starts after it
+    newest = newest_change_id(session)  # a subscription starts after it
     rows: dict[str, dict[str, models.Subscription]] = {}
     for row in session.exec(select(models.Subscription)).all():
         rows.setdefault(row.subscriber, {})[row.watch] = row
@@ -118,7 +118,7 @@ def enroll(session: Session, config: Config, now: datetime) -> Roster:
         account.email, account.frequency = email, frequency
         account.kinds = json.dumps(list(kinds)) if kinds else None
         session.add(account)
-        _follow(session, key, entry.watches, rows.get(key, {}), now, newest)
+        follow(session, key, entry.watches, rows.get(key, {}), now, newest)
     for key, account in accounts.items():  # config subscribers taken out of the config follow nothing now
         if account.source == SubscriberSource.CONFIG and key not in configured and rows.get(key):
             session.execute(delete(models.Subscription).where(col(models.Subscription.subscriber) == key))
@@ -141,7 +141,7 @@ def enroll(session: Session, config: Config, now: datetime) -> Roster:
             continue
         roster.recipients.append(
             Recipient(
-                key=key, email=account.email, frequency=Frequency(account.frequency), kinds=_kinds(account.kinds),
+                key=key, email=account.email, frequency=Frequency(account.frequency), kinds=kinds_of(account.kinds),
                 watches=following[key], last_slot=account.last_slot, source=SubscriberSource(account.source),
                 name=subscriber.name if subscriber else None, notify=notify, webhook=webhook,
             )
@@ -153,7 +153,7 @@ def _label(entry: Subscriber | Webhook) -> str:
     return entry.label if isinstance(entry, Subscriber) else f"webhook {entry.shown}"
 
 
-def _follow(
+def follow(
     session: Session,
     key: str,
     watches: Sequence[str],
@@ -226,21 +226,23 @@ class SubscriberStatus:
 
 
 def statuses(config: Config, store: Store) -> tuple[list[SubscriberStatus], list[str]]:
-    """Who follows what (read only: subscribers not yet in the database show as new)."""
+    """Who follows what: the config's subscribers and webhooks (those not yet in the database show
+    as new), then those who subscribed on the web pages, in every state. Read only."""
     from watcher.channels import target_of
-    from watcher.states import DigestState
+    from watcher.states import DigestState, MessageKind
 
     outbox = models.OutboxMessage
-    entries = list(_configured(config).items())
+    entries: list[tuple[str, Subscriber | Webhook | None]] = list(_configured(config).items())
+    known = {w.name for w in config.watches}
     with store.read() as session:
         accounts = {a.key: a for a in session.exec(select(models.SubscriberAccount)).all()}
         following: dict[str, dict[str, int]] = {}
         for row in session.exec(select(models.Subscription)).all():
             following.setdefault(row.subscriber, {})[row.watch] = row.after_change
-        result: list[SubscriberStatus] = []
         unsubscribed: list[str] = []
         recipients: list[Recipient] = []
         for key, entry in entries:
+            assert entry is not None
             account = accounts.get(key)
             if account is not None and account.state == AccountState.UNSUBSCRIBED:
                 unsubscribed.append(_label(entry))
@@ -255,32 +257,50 @@ def statuses(config: Config, store: Store) -> tuple[list[SubscriberStatus], list
                     {w: s for w, s in watches.items() if w in entry.watches}, None,
                 )
             )  # fmt: skip
-        pending = pending_changes(session, [r for r in recipients if r.watches])
+        configured = {key for key, _ in entries}
+        for account in sorted(accounts.values(), key=lambda a: a.key):
+            if account.source == SubscriberSource.WEB and account.key not in configured:
+                watches = {w: after for w, after in following.get(account.key, {}).items() if w in known}
+                recipients.append(
+                    Recipient(account.key, account.email or account.key, Frequency(account.frequency),
+                              kinds_of(account.kinds), watches, None, SubscriberSource.WEB)
+                )  # fmt: skip
+                entries.append((account.key, None))
+        active = [r for r in recipients if r.watches and _state(accounts.get(r.key)) is AccountState.ACTIVE]
+        pending = pending_changes(session, active)
+        result: list[SubscriberStatus] = []
         for (key, entry), recipient in zip(entries, recipients, strict=True):
             account = accounts.get(key)
             subscriber = entry if isinstance(entry, Subscriber) else None
             shown = {target_of(url): masking.shown_url(url) for url in (subscriber.notify if subscriber else ())}
-            digests = session.exec(select(outbox).where(outbox.email == key)).all()
-            sent = [d.sent_at for d in digests if d.status == DigestState.SENT and d.sent_at]
-
+            messages = session.exec(select(outbox).where(outbox.email == key)).all()
+            sent = [
+                d.sent_at for d in messages
+                if d.status == DigestState.SENT and d.sent_at and d.kind == MessageKind.DIGEST
+            ]  # fmt: skip
+            failed = [(d.id or 0, masking.mask(d.last_error or "")) for d in messages if d.status == DigestState.FAILED]
             result.append(
                 SubscriberStatus(
-                    who=_label(entry),
-                    email=subscriber.email if subscriber else None,
-                    watches=entry.watches,
+                    who=_label(entry) if entry is not None else recipient.email or key,
+                    email=recipient.email,
+                    watches=entry.watches if entry is not None else recipient.watch_names,
                     frequency=recipient.frequency,
                     kinds=recipient.kinds,
                     since=account.since if account else None,
                     last_delivered=max(sent) if sent else None,
                     pending_changes=len(pending.get(key, [])),
-                    queued=sum(1 for d in digests if d.status == DigestState.PENDING),
-                    failed=[
-                        (d.id or 0, masking.mask(d.last_error or "")) for d in digests if d.status == DigestState.FAILED
-                    ],
-                    state=AccountState(account.state) if account else AccountState.ACTIVE,
+                    queued=sum(1 for d in messages if d.status == DigestState.PENDING),
+                    failed=failed,
+                    source=recipient.source,
+                    state=_state(account),
                     name=subscriber.name if subscriber else None,
                     notify=tuple(shown.values()),
                     webhook=entry.shown if isinstance(entry, Webhook) else None,
                 )
             )
     return result, unsubscribed
+
+
+def _state(account: models.SubscriberAccount | None) -> AccountState:
+    """A config subscriber not in the database yet is active (they are added at the next sync or send)."""
+    return AccountState(account.state) if account else AccountState.ACTIVE

@@ -34,6 +34,14 @@ from watcher.fields import (
 )
 from watcher.text import clean
 
+FREQUENCY_WORDS = {"immediate": "as soon as something changes", "daily": "daily", "weekly": "weekly"}
+
+
+def frequency_words(frequency: str) -> str:
+    """How often a subscriber hears, in words: 'as soon as something changes', 'daily', 'weekly'."""
+    return FREQUENCY_WORDS.get(str(frequency), str(frequency))
+
+
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
