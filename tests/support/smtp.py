@@ -42,7 +42,10 @@ class Recorder:
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address → reply, e.g. "550 5.1.1 no such user"
     data_replies: list[str] = field(default_factory=list)  # replies to the next DATA commands
     data_delay_s: float = 0.0  # wait this long before answering DATA (a slow server)
+    # take each message, then never answer: the client cannot know the server has it (until it goes away)
+    take_and_hang: bool = False
     data_started: int = 0  # DATA commands seen
+    data_ended: int = 0  # DATA commands answered, or dropped because the client went away
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if address in self.rcpt_replies:
@@ -52,6 +55,15 @@ class Recorder:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.data_started += 1
+        try:
+            return await self._answer_data(envelope)
+        finally:  # also when aiosmtpd cancels the handler because the client went away
+            self.data_ended += 1
+
+    async def _answer_data(self, envelope: Any) -> str:
+        if self.take_and_hang:
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+            await asyncio.Event().wait()
         if self.data_delay_s:
             await asyncio.sleep(self.data_delay_s)
         if self.data_replies:
