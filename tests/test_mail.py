@@ -13,7 +13,7 @@ import trustme
 from tests.conftest import WATCHES as MG_WATCH
 from tests.conftest import Runner, ScratchDatabase, mail_config, write_config
 from tests.support.fakeapi import FakeRegistry
-from tests.support.smtp import SmtpServer
+from tests.support.smtp import SmtpServer, free_port
 from tests.support.world import TARGET
 
 pytestmark = pytest.mark.both_backends
@@ -113,7 +113,7 @@ def test_451_then_success_is_sent_once_with_the_same_message_id(
 
 
 def test_server_down_then_up_loses_nothing(tmp_path: Path, fake: FakeRegistry) -> None:
-    smtp = SmtpServer()  # not started: connection refused
+    smtp = SmtpServer(port=free_port())  # not started: connection refused
     run = configure(tmp_path, fake, smtp.port)
     change_both(run, fake)
     result = run("digest", "send", code=1)

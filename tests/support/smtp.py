@@ -15,9 +15,22 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 def free_port() -> int:
+    """A port nothing listens on now (another process may take it later: prefer letting the server pick)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class _Controller(Controller):
+    """aiosmtpd's Controller; with port 0 it listens on a port the OS picks (no race with parallel tests)."""
+
+    async def _listen(self) -> asyncio.AbstractServer:
+        server = await super()._create_server()
+        self.port = server.sockets[0].getsockname()[1]  # before start() connects to it to check it is up
+        return server
+
+    def _create_server(self) -> Any:
+        return self._listen()
 
 
 @dataclass
@@ -83,7 +96,7 @@ class SmtpServer:
         users: dict[str, str] | None = None,
         implicit_tls: bool = False,
     ) -> None:
-        self.port = port or free_port()
+        self.port = port or 0  # 0: the OS picks one at start()
         self.recorder = Recorder()
         self.tls, self.users, self.implicit_tls = tls, users, implicit_tls
         self.controller: Controller | None = None
@@ -105,8 +118,9 @@ class SmtpServer:
             kwargs.update(ssl_context=self.tls)
         if self.users is not None:
             kwargs.update(authenticator=self._auth, auth_require_tls=self.tls is not None)
-        self.controller = Controller(self.recorder, hostname="127.0.0.1", port=self.port, **kwargs)
+        self.controller = _Controller(self.recorder, hostname="127.0.0.1", port=self.port, **kwargs)
         self.controller.start()
+        self.port = self.controller.port
         return self
 
     def stop(self) -> None:
