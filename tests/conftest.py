@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +17,37 @@ from watcher.cli import cli
 
 pytest_plugins = ["tests.support.services"]
 
-BACKENDS = ("sqlite", "postgresql")
+# A test is `slow` when it starts a real process: PostgreSQL, Chromium, the daemon, a command, a build.
+# `pytest -m "not slow"` is the quick loop: SQLite and in-process servers only.
+BACKENDS = ("sqlite", pytest.param("postgresql", marks=pytest.mark.slow))
+SLOW_FIXTURES = {"postgres", "pg_database", "pg_url", "browser"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked `both_backends` run once on SQLite and once on a real PostgreSQL server."""
     if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_backends"):
         metafunc.parametrize("backend", BACKENDS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def measured(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Notes a measurement (how long the daemon took to stop, say) for the summary at the end of the run."""
+    return lambda text: request.node.user_properties.append(("measured", text))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    notes = [value for report in terminalreporter.stats.get("passed", [])
+             for name, value in getattr(report, "user_properties", ()) if name == "measured"]  # fmt: skip
+    if notes:
+        terminalreporter.section("measured")
+        for note in notes:
+            terminalreporter.write_line(note)
 
 
 @pytest.fixture

@@ -303,8 +303,9 @@ def changes_in(config: Path) -> list[dict[str, object]]:
     return json.loads(Runner(config)("changes", "--json").stdout)
 
 
+@pytest.mark.slow
 def test_daemon_syncs_sends_refuses_a_twin_and_stops_on_sigterm(
-    daemon_config: Path, smtp: SmtpServer, capsys: pytest.CaptureFixture[str]
+    daemon_config: Path, smtp: SmtpServer, measured: Callable[[str], None]
 ) -> None:
     daemon = Daemon(daemon_config)
     try:
@@ -328,12 +329,12 @@ def test_daemon_syncs_sends_refuses_a_twin_and_stops_on_sigterm(
     assert seconds < 5
     assert daemon.output.count("SIGTERM received: stopping") == 1 and "daemon stopped" in daemon.output
     assert "Traceback" not in daemon.output
-    with capsys.disabled():
-        print(f"\n[daemon] SIGTERM to exit: {seconds:.2f} s")
+    measured(f"daemon: SIGTERM to exit: {seconds:.2f} s")
     assert json.loads(Runner(daemon_config)("status", "--json").stdout)["daemon"]["running"] is False
 
 
 @pytest.mark.both_backends
+@pytest.mark.slow
 def test_kill_9_during_a_sync_loses_nothing(daemon_config: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
     fake.faults.latency_s = 0.5
     fake.log.clear()
@@ -353,6 +354,7 @@ def test_kill_9_during_a_sync_loses_nothing(daemon_config: Path, fake: FakeRegis
 
 
 @pytest.mark.both_backends
+@pytest.mark.slow
 def test_kill_9_during_a_send_sends_at_most_once_more(
     daemon_config: Path, smtp: SmtpServer, database: ScratchDatabase
 ) -> None:
@@ -375,8 +377,9 @@ def test_kill_9_during_a_send_sends_at_most_once_more(
     assert len(changes_in(daemon_config)) == 1
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_sync_rolls_it_back_and_exits_0(
-    daemon_config: Path, fake: FakeRegistry, capsys: pytest.CaptureFixture[str]
+    daemon_config: Path, fake: FakeRegistry, measured: Callable[[str], None]
 ) -> None:
     fake.faults.latency_s = 1.0
     fake.log.clear()
@@ -386,8 +389,7 @@ def test_sigterm_during_a_sync_rolls_it_back_and_exits_0(
     assert code == 0 and seconds < 5, daemon.output
     assert "sync stopped for shutdown; nothing was stored" in daemon.output
     assert changes_in(daemon_config) == []
-    with capsys.disabled():
-        print(f"\n[daemon] SIGTERM during a sync to exit: {seconds:.2f} s")
+    measured(f"daemon: SIGTERM during a sync to exit: {seconds:.2f} s")
     fake.faults.latency_s = 0
     Runner(daemon_config)("sync")
     assert [c["new"] for c in changes_in(daemon_config)] == ["COMPLETED"]
