@@ -1,4 +1,5 @@
-"""The daemon: scheduling with an injected clock, then the real process with signals and kill -9."""
+"""The daemon: scheduling with an injected clock, the real scheduler's jobs, then the real process with signals
+and kill -9."""
 
 from __future__ import annotations
 
@@ -151,11 +152,16 @@ class Probe(Worker):
 class Jobs:
     """A scheduler made by `build_scheduler`, running in a thread, with what became of each job's runs."""
 
-    def __init__(self, tmp_path: Path, start_at: Callable[[datetime], datetime] = lambda now: now) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        start_at: Callable[[datetime], datetime] = lambda now: now,
+        sync: str = 'sync_every = "6h"',
+    ) -> None:
         from apscheduler import events
 
         self.changed = threading.Condition()
-        config = load_config(write_config(tmp_path, "http://127.0.0.1:9", extra='[schedule]\nsync_every = "6h"\n'))
+        config = load_config(write_config(tmp_path, "http://127.0.0.1:9", extra=f"[schedule]\n{sync}\n"))
         self.worker = Probe(config, Store(database_of(config)), self.changed)
         self.now = datetime.now(UTC)  # APScheduler reads the real clock; runs are moved relative to it
         self.scheduler = build_scheduler(self.worker, start_at(self.now))
@@ -174,13 +180,16 @@ class Jobs:
     def count(self, what: str, job: str) -> int:
         return sum(1 for e in self.events if e.code == self.codes[what] and e.job_id == job)
 
+    def handed(self) -> int:
+        """Runs handed to the executor (the scheduler tells so once it is done with that round of due jobs)."""
+        return sum(len(e.scheduled_run_times) for e in self.events if e.code == self.codes["submitted"])
+
     def settled(self) -> bool:
         """Every run handed to the executor has ended (run, missed or failed)."""
-        handed = sum(len(e.scheduled_run_times) for e in self.events if e.code == self.codes["submitted"])
         ended = sum(
             1 for e in self.events if e.code in (self.codes["executed"], self.codes["missed"], self.codes["error"])
         )
-        return handed == ended
+        return self.handed() == ended
 
     def wait_until(self, condition: Callable[[], object], what: str) -> None:
         with self.changed:
@@ -197,6 +206,16 @@ class Jobs:
         self.worker.gate.set()
         self.scheduler.shutdown(wait=True)
         self.thread.join(DEADLINE_S)
+
+
+@pytest.mark.parametrize("sync", ['sync_every = "6h"', 'sync_cron = "0 */6 * * *"'])
+def test_the_first_sync_runs_at_start(tmp_path: Path, sync: str) -> None:
+    jobs = Jobs(tmp_path, sync=sync)
+    for other in ("digests", "sync") if "cron" in sync else ("digests",):  # whatever the time of day: not due
+        jobs.move(other, jobs.now + timedelta(days=1))
+    with jobs:
+        jobs.wait_until(lambda: jobs.handed() and jobs.settled(), "the first round of jobs")
+    assert jobs.worker.runs == ["sync", "digests"]  # the sync, then the digests it made due
 
 
 def test_a_sync_never_overlaps_itself_nor_a_digest_run(tmp_path: Path) -> None:
