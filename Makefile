@@ -35,8 +35,10 @@ lint: install
 services:
 	@bash .ci/install-services
 
+# One pytest worker per core (at most 4: each may start its own PostgreSQL and Chromium); worksteal keeps
+# both busy while one runs the minute-long benchmark smoke test. `pytest -m "not slow"` is the quick loop.
 test: lint services
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 bench: install services
 	$(BIN)/python bench/run.py

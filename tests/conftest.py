@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,19 +11,44 @@ from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, inspect, select, text
 
 from tests.support.fakeapi import FakeRegistry
+from tests.support.postgres import PostgresServer
 from tests.support.smtp import SmtpServer
 from tests.support.world import mg_world
 from watcher.cli import cli
 
 pytest_plugins = ["tests.support.services"]
 
-BACKENDS = ("sqlite", "postgresql")
+# A test is `slow` when it starts a real process: PostgreSQL, Chromium, the daemon, a command, a build.
+# `pytest -m "not slow"` is the quick loop: SQLite and in-process servers only.
+BACKENDS = ("sqlite", pytest.param("postgresql", marks=pytest.mark.slow))
+SLOW_FIXTURES = {"postgres", "pg_database", "pg_url", "browser"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked `both_backends` run once on SQLite and once on a real PostgreSQL server."""
     if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_backends"):
         metafunc.parametrize("backend", BACKENDS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def measured(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Notes a measurement (how long the daemon took to stop, say) for the summary at the end of the run."""
+    return lambda text: request.node.user_properties.append(("measured", text))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    notes = [value for report in terminalreporter.stats.get("passed", [])
+             for name, value in getattr(report, "user_properties", ()) if name == "measured"]  # fmt: skip
+    if notes:
+        terminalreporter.section("measured")
+        for note in notes:
+            terminalreporter.write_line(note)
 
 
 @pytest.fixture
@@ -109,17 +134,27 @@ def _plain(value: Any) -> Any:
 CURRENT_DATABASE: ContextVar[ScratchDatabase | None] = ContextVar("CURRENT_DATABASE", default=None)
 
 
+@pytest.fixture(scope="session")
+def pg_head_template(postgres: PostgresServer) -> str:
+    """A database upgraded to the head revision once per session (0.1 s of Alembic): tests get copies of it."""
+    name = postgres.create_database()
+    upgrade_to_head(postgres.url(name))
+    return name
+
+
 @pytest.fixture(autouse=True)
 def database(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Iterator[ScratchDatabase]:
     """This test's database: a SQLite file in tmp_path, or a fresh database on the test PostgreSQL server.
     `write_config` points configs at it."""
     if backend == "sqlite":
         found = ScratchDatabase("sqlite", "sqlite:///watcher.db", tmp_path)
-    else:
+    elif request.node.get_closest_marker("empty_database"):
+        found = ScratchDatabase("postgresql", request.getfixturevalue("pg_url"), tmp_path)
+    else:  # a copy of the session's upgraded database: what an operator does once, `watcher db upgrade`
         server = request.getfixturevalue("postgres")
-        found = ScratchDatabase("postgresql", server.url(request.getfixturevalue("pg_database")), tmp_path)
-        if not request.node.get_closest_marker("empty_database"):
-            upgrade_to_head(found.url)  # what an operator does once: watcher db upgrade
+        name = server.create_database(template=request.getfixturevalue("pg_head_template"))
+        request.addfinalizer(lambda: server.drop_database(name))
+        found = ScratchDatabase("postgresql", server.url(name), tmp_path)
     token = CURRENT_DATABASE.set(found)
     yield found
     CURRENT_DATABASE.reset(token)

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_quick_benchmark_runs_and_counts_right(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     result = subprocess.run(

@@ -115,26 +115,26 @@ def compact(markdown: bool = True, body_max: int = 32768, title_max: int = 250, 
 
 def test_the_compact_digest_reads_like_the_email_in_markdown_or_plain_text() -> None:
     [message] = compact()
-    assert message.title == "Trial updates · mg-azathioprine (4)"
+    assert message.title == "Trial updates · mg-azathioprine (8)"
     check_golden("channel-digest.md", message.body + "\n")
     [plain] = compact(markdown=False, title_max=0)  # a service without Markdown nor titles
-    assert plain.title == "" and plain.body.startswith("Trial updates · mg-azathioprine (4)\n\nNCT01727193 · ")
+    assert plain.title == "" and plain.body.startswith("Trial updates · mg-azathioprine (8)\n\nNCT01727193 · ")
     assert "**" not in plain.body and "](" not in plain.body
-    assert "• Status: Unknown status → Completed\n• Completion: " in plain.body
+    assert "• Status: Unknown status → Completed\n• Site completed: " in plain.body
     assert "1 month earlier\nhttps://clinicaltrials.gov/study/NCT01727193\n\n" in plain.body
 
 
 def test_too_long_for_the_service_ends_with_what_is_left_and_where() -> None:
-    [message] = compact(body_max=500)
-    assert len(message.body) <= 500
+    [message] = compact(body_max=1000)
+    assert len(message.body) <= 1000
     assert message.body.endswith(
-        "\n\n…and 5 more changes in 3 trials: [on ClinicalTrials.gov]"
-        "(https://clinicaltrials.gov/search?term=NCT90000001%20OR%20NCT90000003%20OR%20NCT90000004)"
+        "\n\n…and 15 more changes in 6 trials: [on ClinicalTrials.gov](https://clinicaltrials.gov/search?term="
+        "NCT90000006%20OR%20NCT90000007%20OR%20NCT90000001%20OR%20NCT90000003%20OR%20NCT90000004%20OR%20NCT90000005)"
     )
-    parts = compact(body_max=500, split=True)  # ?overflow=split: whole trials in each part
-    assert [p.title for p in parts] == [f"Trial updates · mg-azathioprine (4) · {n}/{len(parts)}" for n in range(1, 4)]
-    assert all(len(p.body) <= 500 for p in parts) and "…and" not in "".join(p.body for p in parts)
-    assert sum(p.body.count("\n• ") for p in parts) == 7
+    parts = compact(body_max=1000, split=True)  # ?overflow=split: whole trials in each part
+    assert [p.title for p in parts] == [f"Trial updates · mg-azathioprine (8) · {n}/{len(parts)}" for n in range(1, 4)]
+    assert all(len(p.body) <= 1000 for p in parts) and "…and" not in "".join(p.body for p in parts)
+    assert sum(p.body.count("\n• ") for p in parts) == 22  # every change once
 
 
 def test_registry_text_is_neither_markup_nor_a_mention() -> None:

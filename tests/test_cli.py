@@ -172,6 +172,7 @@ def test_registry_text_cannot_drive_the_terminal(run: Runner, fake: FakeRegistry
         (["subscribers"], {"sqlalchemy", "sqlmodel"}),
     ],
 )
+@pytest.mark.slow
 def test_commands_import_only_what_they_need(config_file: Path, args: list[str], allowed: set[str]) -> None:
     import subprocess
     import sys

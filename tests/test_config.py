@@ -171,6 +171,7 @@ def test_schedule_errors(tmp_path: Path, text: str, message: str) -> None:
     assert result.stderr == f"error: {path}: {message}\n"
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_templates(tmp_path: Path) -> None:
     import subprocess
     import sys

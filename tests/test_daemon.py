@@ -1,4 +1,5 @@
-"""The daemon: scheduling with an injected clock, then the real process with signals and kill -9."""
+"""The daemon: scheduling with an injected clock, the real scheduler's jobs, then the real process with signals
+and kill -9."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +20,7 @@ from tests.conftest import Runner, ScratchDatabase, mail_config, write_config
 from tests.support.fakeapi import FakeRegistry
 from tests.support.smtp import SmtpServer
 from tests.support.world import TARGET
-from watcher.config import load_config
+from watcher.config import Config, load_config
 from watcher.db import database_of
 from watcher.scheduler import Worker, build_scheduler
 from watcher.store import Store
@@ -108,21 +111,146 @@ def test_catch_up_after_downtime_runs_once(
     assert database.rows("select count(*) from syncrun where outcome = 'ok'") == [(3,)]
 
 
-def test_scheduler_never_overlaps_and_coalesces_missed_runs(tmp_path: Path, fake: FakeRegistry) -> None:
-    clock = Clock("2026-11-25T10:00:00")
-    worker = make_worker(tmp_path, fake, None, "daily", 'sync_every = "6h"\ndigest_time = "08:00"', clock)
-    scheduler = build_scheduler(worker, clock())
-    jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"sync", "digests", "retry", "resend"}
-    assert jobs["resend"].trigger.interval == timedelta(minutes=1)  # a deferred message's first wait is 2 minutes
-    for job in jobs.values():
-        assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, None)
-    assert jobs["sync"].next_run_time == clock()  # syncs once at start
-    assert jobs["sync"].trigger.interval == timedelta(hours=6)
-    (tmp_path / "cron").mkdir()
-    cron = make_worker(tmp_path / "cron", fake, None, "daily", 'sync_cron = "0 */6 * * *"', clock)
-    ids = {job.id for job in build_scheduler(cron, clock()).get_jobs()}
-    assert ids == {"sync", "first-sync", "digests", "retry", "resend"}
+# --- the real scheduler: overlapping runs and downtime -------------------------------------------
+
+DEADLINE_S = 10.0
+
+
+class Probe(Worker):
+    """The daemon's worker with its work replaced: each sync and digest run records itself, and waits
+    while `gate` is closed. The jobs around that work (cancel, the busy lock) are the real ones."""
+
+    def __init__(self, config: Config, store: Store, changed: threading.Condition) -> None:
+        super().__init__(config, store)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.changed = changed
+        self.runs: list[str] = []
+        self.running = 0
+        self.most_at_once = 0
+
+    def _work(self, what: str) -> None:
+        with self.changed:
+            self.runs.append(what)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+            self.changed.notify_all()
+        try:
+            assert self.gate.wait(DEADLINE_S), "the gate never opened"
+        finally:
+            with self.changed:
+                self.running -= 1
+                self.changed.notify_all()
+
+    def _sync(self) -> None:
+        self._work("sync")
+
+    def _digests(self) -> None:
+        self._work("digests")
+
+
+class Jobs:
+    """A scheduler made by `build_scheduler`, running in a thread, with what became of each job's runs."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        start_at: Callable[[datetime], datetime] = lambda now: now,
+        sync: str = 'sync_every = "6h"',
+    ) -> None:
+        from apscheduler import events
+
+        self.changed = threading.Condition()
+        config = load_config(write_config(tmp_path, "http://127.0.0.1:9", extra=f"[schedule]\n{sync}\n"))
+        self.worker = Probe(config, Store(database_of(config)), self.changed)
+        self.now = datetime.now(UTC)  # APScheduler reads the real clock; runs are moved relative to it
+        self.scheduler = build_scheduler(self.worker, start_at(self.now))
+        self.events: list[Any] = []
+        self.codes = {"submitted": events.EVENT_JOB_SUBMITTED, "skipped": events.EVENT_JOB_MAX_INSTANCES,
+                      "executed": events.EVENT_JOB_EXECUTED, "missed": events.EVENT_JOB_MISSED,
+                      "error": events.EVENT_JOB_ERROR}  # fmt: skip
+        self.scheduler.add_listener(self._record, sum(self.codes.values()))
+        self.thread = threading.Thread(target=self.scheduler.start, daemon=True)
+
+    def _record(self, event: Any) -> None:
+        with self.changed:
+            self.events.append(event)
+            self.changed.notify_all()
+
+    def count(self, what: str, job: str) -> int:
+        return sum(1 for e in self.events if e.code == self.codes[what] and e.job_id == job)
+
+    def handed(self) -> int:
+        """Runs handed to the executor (the scheduler tells so once it is done with that round of due jobs)."""
+        return sum(len(e.scheduled_run_times) for e in self.events if e.code == self.codes["submitted"])
+
+    def settled(self) -> bool:
+        """Every run handed to the executor has ended (run, missed or failed)."""
+        ended = sum(
+            1 for e in self.events if e.code in (self.codes["executed"], self.codes["missed"], self.codes["error"])
+        )
+        return self.handed() == ended
+
+    def wait_until(self, condition: Callable[[], object], what: str) -> None:
+        with self.changed:
+            assert self.changed.wait_for(condition, DEADLINE_S), f"timed out waiting for {what}"
+
+    def move(self, job: str, when: datetime) -> None:
+        self.scheduler.modify_job(job, next_run_time=when)
+
+    def __enter__(self) -> Jobs:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.gate.set()
+        self.scheduler.shutdown(wait=True)
+        self.thread.join(DEADLINE_S)
+
+
+@pytest.mark.parametrize("sync", ['sync_every = "6h"', 'sync_cron = "0 */6 * * *"'])
+def test_the_first_sync_runs_at_start(tmp_path: Path, sync: str) -> None:
+    jobs = Jobs(tmp_path, sync=sync)
+    for other in ("digests", "sync") if "cron" in sync else ("digests",):  # whatever the time of day: not due
+        jobs.move(other, jobs.now + timedelta(days=1))
+    with jobs:
+        jobs.wait_until(lambda: jobs.handed() and jobs.settled(), "the first round of jobs")
+    assert jobs.worker.runs == ["sync", "digests"]  # the sync, then the digests it made due
+
+
+def test_a_sync_never_overlaps_itself_nor_a_digest_run(tmp_path: Path) -> None:
+    jobs = Jobs(tmp_path)  # the first sync is due at once
+    jobs.worker.gate.clear()  # ... and runs until the gate opens
+    jobs.move("digests", jobs.now + timedelta(days=1))  # whatever the time of day, no digest run of its own
+    with jobs:
+        jobs.wait_until(lambda: jobs.worker.runs == ["sync"], "the first sync to start")
+        jobs.move("sync", datetime.now(UTC))  # the next sync falls due while the first still runs
+        jobs.wait_until(
+            lambda: jobs.count("skipped", "sync") + jobs.count("submitted", "sync") == 2,
+            "the second sync to be handled",
+        )
+        jobs.move("digests", datetime.now(UTC))  # and so do the digests
+        jobs.wait_until(lambda: jobs.count("submitted", "digests") == 1, "the digests to be handed over")
+        assert jobs.worker.runs == ["sync"]
+        jobs.worker.gate.set()
+        jobs.wait_until(lambda: jobs.count("executed", "digests") == 1 and jobs.settled(), "every run to end")
+    assert jobs.worker.most_at_once == 1
+    # the sync due during the first one is dropped, not run after it; its own digests, then the digest job's
+    assert jobs.worker.runs == ["sync", "digests", "digests"]
+
+
+def test_after_downtime_each_job_catches_up_once(tmp_path: Path) -> None:
+    # As after a suspended machine: every job's next run lies in the past, several run times missed
+    jobs = Jobs(tmp_path, start_at=lambda now: now - timedelta(hours=25))  # syncs every 6 h: 5 missed
+    jobs.move("digests", jobs.now - timedelta(days=4))  # then daily at 08:00: 5 missed
+    jobs.move("retry", jobs.now - timedelta(hours=2))  # then every 15 minutes: 9 missed
+    names = ("sync", "digests", "retry")
+    with jobs:
+        jobs.wait_until(lambda: all(jobs.count("submitted", n) for n in names) and jobs.settled(), "the catch-ups")
+        upcoming = {job.id: job.next_run_time for job in jobs.scheduler.get_jobs()}
+    assert all(when > jobs.now for when in upcoming.values()), upcoming  # nothing is left to catch up
+    assert {n: jobs.count("executed", n) for n in names} == dict.fromkeys(names, 1)
+    assert jobs.worker.runs.count("sync") == 1 and jobs.worker.most_at_once == 1
 
 
 def test_operator_is_told_once_after_repeated_failures_and_on_recovery(
@@ -194,8 +322,9 @@ def changes_in(config: Path) -> list[dict[str, object]]:
     return json.loads(Runner(config)("changes", "--json").stdout)
 
 
+@pytest.mark.slow
 def test_daemon_syncs_sends_refuses_a_twin_and_stops_on_sigterm(
-    daemon_config: Path, smtp: SmtpServer, capsys: pytest.CaptureFixture[str]
+    daemon_config: Path, smtp: SmtpServer, measured: Callable[[str], None]
 ) -> None:
     daemon = Daemon(daemon_config)
     try:
@@ -219,12 +348,12 @@ def test_daemon_syncs_sends_refuses_a_twin_and_stops_on_sigterm(
     assert seconds < 5
     assert daemon.output.count("SIGTERM received: stopping") == 1 and "daemon stopped" in daemon.output
     assert "Traceback" not in daemon.output
-    with capsys.disabled():
-        print(f"\n[daemon] SIGTERM to exit: {seconds:.2f} s")
+    measured(f"daemon: SIGTERM to exit: {seconds:.2f} s")
     assert json.loads(Runner(daemon_config)("status", "--json").stdout)["daemon"]["running"] is False
 
 
 @pytest.mark.both_backends
+@pytest.mark.slow
 def test_kill_9_during_a_sync_loses_nothing(daemon_config: Path, fake: FakeRegistry, smtp: SmtpServer) -> None:
     fake.faults.latency_s = 0.5
     fake.log.clear()
@@ -235,38 +364,41 @@ def test_kill_9_during_a_sync_loses_nothing(daemon_config: Path, fake: FakeRegis
     fake.faults.latency_s = 0
     daemon = Daemon(daemon_config)
     try:
-        wait_for(lambda: smtp.received, what="the digest after restart")
-        time.sleep(0.3)
+        wait_for(lambda: "digests: " in daemon.output, what="the digests after restart")
     finally:
         assert daemon.stop()[0] == 0
+    assert "digests: 1 sent" in daemon.output
     assert [c["new"] for c in changes_in(daemon_config)] == ["COMPLETED"]
     assert len(smtp.received) == 1
 
 
 @pytest.mark.both_backends
+@pytest.mark.slow
 def test_kill_9_during_a_send_sends_at_most_once_more(
     daemon_config: Path, smtp: SmtpServer, database: ScratchDatabase
 ) -> None:
-    smtp.recorder.data_delay_s = 3
+    # The worst moment: the server has taken the digest, and the watcher dies before it hears so.
+    smtp.recorder.take_and_hang = True
     daemon = Daemon(daemon_config)
     wait_for(lambda: smtp.recorder.data_started, what="the send to start")
     daemon.stop(signal.SIGKILL)
-    smtp.recorder.data_delay_s = 0
+    wait_for(lambda: smtp.recorder.data_ended == smtp.recorder.data_started, what="the server to see the watcher go")
+    smtp.recorder.take_and_hang = False
     daemon = Daemon(daemon_config)
     try:
-        wait_for(lambda: "digests: 1 sent" in daemon.output, what="the resend")
+        wait_for(lambda: "digests: " in daemon.output, what="the resend")
     finally:
         assert daemon.stop()[0] == 0
-    time.sleep(3.2)  # whatever the server still does with the interrupted copy
-    ids = {r.message["Message-ID"] for r in smtp.received}
-    # the interrupted copy may or may not have been taken; either way at most once more, same Message-ID
-    assert 1 <= len(smtp.received) <= 2 and len(ids) == 1
+    assert "digests: 1 sent" in daemon.output
+    # sent once more, under the same Message-ID, so that mail clients can tell it is the same digest
+    assert len(smtp.received) == 2 and len({r.message["Message-ID"] for r in smtp.received}) == 1
     assert database.rows("select status, attempts from digest") == [("sent", 1)]
     assert len(changes_in(daemon_config)) == 1
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_sync_rolls_it_back_and_exits_0(
-    daemon_config: Path, fake: FakeRegistry, capsys: pytest.CaptureFixture[str]
+    daemon_config: Path, fake: FakeRegistry, measured: Callable[[str], None]
 ) -> None:
     fake.faults.latency_s = 1.0
     fake.log.clear()
@@ -276,8 +408,7 @@ def test_sigterm_during_a_sync_rolls_it_back_and_exits_0(
     assert code == 0 and seconds < 5, daemon.output
     assert "sync stopped for shutdown; nothing was stored" in daemon.output
     assert changes_in(daemon_config) == []
-    with capsys.disabled():
-        print(f"\n[daemon] SIGTERM during a sync to exit: {seconds:.2f} s")
+    measured(f"daemon: SIGTERM during a sync to exit: {seconds:.2f} s")
     fake.faults.latency_s = 0
     Runner(daemon_config)("sync")
     assert [c["new"] for c in changes_in(daemon_config)] == ["COMPLETED"]

@@ -7,10 +7,11 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.support.world import TARGET, new_mg_study, record, related_mg
-from watcher.changes import Change, ChangeKind, LoggedChange
+from tests.support.world import TARGET, new_mg_study, record, related_mg, variant
+from watcher.changes import Category, Change, ChangeKind, LoggedChange
 from watcher.differ import diff
 from watcher.digest import build, merge
+from watcher.fields import category_of
 from watcher.render import render
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -33,33 +34,59 @@ def logged(i: int, change: Change) -> LoggedChange:
 
 
 def realistic() -> tuple[list[LoggedChange], dict[str, dict[str, Any]]]:
-    """Changes the differ finds between real fixture records and edited copies of them."""
+    """Changes the differ finds between real fixture records and edited copies of them: every kind of change."""
     target = record(TARGET)
     ocular, generalized, withdrawal = related_mg()
+    leaving = variant("NCT03934567", "NCT90000005", "Tacrolimus in Refractory Myasthenia Gravis",
+                      ["Myasthenia Gravis"], ["Tacrolimus"])  # fmt: skip
+    gone = variant("NCT00184067", "NCT90000006", "Mycophenolate in Juvenile Myasthenia Gravis",
+                   ["Myasthenia Gravis"], ["Mycophenolate mofetil"])  # fmt: skip
+    back = variant("NCT05147467", "NCT90000007", "Rituximab in New-onset Myasthenia Gravis",
+                   ["Myasthenia Gravis"], ["Rituximab"], overallStatus="RECRUITING")  # fmt: skip
 
-    def completed(r: dict[str, Any]) -> None:
-        r["protocolSection"]["statusModule"]["overallStatus"] = "COMPLETED"
-        r["protocolSection"]["statusModule"]["completionDateStruct"] = {"date": "2019-12", "type": "ACTUAL"}
+    def completed(r: dict[str, Any]) -> None:  # its dates and enrollment now actual, its one site closed
+        status = r["protocolSection"]["statusModule"]
+        status["overallStatus"] = "COMPLETED"
+        status["completionDateStruct"] = {"date": "2019-12", "type": "ACTUAL"}
+        status["primaryCompletionDateStruct"]["type"] = "ACTUAL"
+        r["protocolSection"]["designModule"]["enrollmentInfo"] = {"count": 96, "type": "ACTUAL"}
+        r["protocolSection"]["contactsLocationsModule"]["locations"][0]["status"] = "COMPLETED"
 
-    def new_site(r: dict[str, Any]) -> None:
-        site = {"facility": "Huashan Hospital", "status": "RECRUITING", "city": "Shanghai", "country": "China"}
-        r["protocolSection"]["contactsLocationsModule"]["locations"].append(site)
+    def sites_move(r: dict[str, Any]) -> None:  # a site opens, one recruits, one withdraws, one moves, one is gone
+        sites = r["protocolSection"]["contactsLocationsModule"]["locations"]
+        sites[0]["status"] = "RECRUITING"
+        sites[1]["status"] = "WITHDRAWN"
+        sites[3]["city"] = "Foshan"
+        del sites[2]
+        sites.append({"facility": "Huashan Hospital", "status": "RECRUITING", "city": "Shanghai", "country": "China"})
         r["protocolSection"]["designModule"]["enrollmentInfo"]["count"] = 150
         r["protocolSection"]["statusModule"]["primaryCompletionDateStruct"]["date"] = "2026-03"
 
-    def results(r: dict[str, Any]) -> None:
+    def stopped(r: dict[str, Any]) -> None:
+        status = r["protocolSection"]["statusModule"]
+        status["overallStatus"] = "TERMINATED"
+        status["whyStopped"] = "The sponsor ended the programme after the interim analysis"
+        status["completionDateStruct"] = {"date": "2025-06-30", "type": "ACTUAL"}
+
+    def results_and_details(r: dict[str, Any]) -> None:
         r["hasResults"] = True
         r["protocolSection"]["statusModule"]["resultsFirstPostDateStruct"] = {"date": "2026-11-25", "type": "ACTUAL"}
+        r["protocolSection"]["identificationModule"]["briefTitle"] = (
+            "Azathioprine Withdrawal in Stable Generalized Myasthenia Gravis"
+        )
+        r["protocolSection"]["designModule"]["phases"] = ["PHASE2", "PHASE3"]
+        r["protocolSection"]["sponsorCollaboratorsModule"]["leadSponsor"]["name"] = "Myasthenia Gravis Research Network"
 
-    pairs = [(target, edited(target, completed)), (ocular, edited(ocular, new_site)),
-             (withdrawal, edited(withdrawal, results))]  # fmt: skip
+    pairs = [(target, edited(target, completed)), (ocular, edited(ocular, sites_move)),
+             (generalized, edited(generalized, stopped)), (withdrawal, edited(withdrawal, results_and_details))]  # fmt: skip
     found = [c for old, new in pairs for c in diff(old, new)]
+    found += [Change("NCT90000004", ChangeKind.NEW_STUDY), Change("NCT90000005", ChangeKind.LEFT_SEARCH)]
+    found += [Change("NCT90000006", ChangeKind.DELISTED), Change("NCT90000007", ChangeKind.RELISTED)]
     pending = [logged(i, c) for i, c in enumerate(found, 1)]
-    newcomer = new_mg_study()
-    pending.append(logged(len(pending) + 1, Change("NCT90000004", ChangeKind.NEW_STUDY)))
     records = {r["protocolSection"]["identificationModule"]["nctId"]: r for _, r in pairs}
-    records["NCT90000004"] = newcomer
-    del generalized
+    records["NCT90000004"] = new_mg_study()
+    records["NCT90000005"] = leaving
+    records["NCT90000006"], records["NCT90000007"] = gone, back
     return pending, records
 
 
@@ -88,17 +115,30 @@ def test_golden_html() -> None:
 
 def test_order_and_subject() -> None:
     digest = sample_digest()
-    assert (
-        digest.subject
-        == "4 trial updates: NCT01727193 completed · 1 new trial · 1 site opened · results posted for 1 trial"
+    assert digest.subject == (
+        "8 trial updates: NCT01727193 completed · NCT90000002 terminated · 1 new trial · 1 site opened"
+        " · results posted for 1 trial · 1 left your search"
     )
-    assert [t.nct_id for t in digest.trials] == [TARGET, "NCT90000001", "NCT90000003", "NCT90000004"]
-    assert digest.trials[0].lines[0].text == "Status: Unknown status → Completed"
-    assert [line.text for line in digest.trials[1].lines] == [
+    # status changes first (a trial no longer listed, or listed again, is one), then sites, results, the new
+    # trial, the one that left
+    trials = {t.nct_id: t for t in digest.trials}
+    assert list(trials) == [TARGET, "NCT90000002", "NCT90000006", "NCT90000007", "NCT90000001", "NCT90000003",
+                            "NCT90000004", "NCT90000005"]  # fmt: skip
+    stopped = trials["NCT90000002"].lines[0]
+    assert (stopped.text, stopped.quote) == (
+        "Status: Active, not recruiting → Terminated", "The sponsor ended the programme after the interim analysis"
+    )  # fmt: skip
+    assert [line.text for line in trials["NCT90000001"].lines] == [
         "New site recruiting: Huashan Hospital, Shanghai, China",
+        "Site now recruiting: Sun Yat-sen University Cancer Center, Guangzhou, China",
+        "Site withdrawn: Zhujiang Hospital of Southern Medical University, Guangzhou, China (was not yet recruiting)",
+        "Site moved: Hainan General Hospital, from Haikou, China to Foshan, China",
+        "Site removed: Nanfang Hospital of Southern Medical University, Guangzhou, China",
         "Primary completion moved from Sep 2024 to Mar 2026 (18 months later)",
         "Enrollment: 75 → 150",
     ]
+    lines = [line for t in digest.trials for line in t.lines]  # the sample holds every kind of change
+    assert {line.kind for line in lines} == set(ChangeKind) and {line.category for line in lines} == set(Category)
 
 
 def test_nothing_to_tell_is_no_digest() -> None:
@@ -125,4 +165,5 @@ def test_kinds_filter_keeps_only_what_was_asked() -> None:
     digest = build("a@example.org", "daily", ["w"], changes, records, date(2026, 11, 25), "mailto:x", kinds=["results"])
     assert digest is not None
     assert [t.nct_id for t in digest.trials] == ["NCT90000003"]
-    assert digest.change_ids == tuple(c.id for c in changes if c.nct_id == "NCT90000003")
+    assert digest.change_ids == tuple(c.id for c in changes if category_of(c) is Category.RESULTS)
+    assert [line.text for line in digest.trials[0].lines] == ["Results posted on 25 Nov 2026"]

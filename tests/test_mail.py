@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import trustme
 from tests.conftest import WATCHES as MG_WATCH
 from tests.conftest import Runner, ScratchDatabase, mail_config, write_config
 from tests.support.fakeapi import FakeRegistry
-from tests.support.smtp import SmtpServer
+from tests.support.smtp import SmtpServer, free_port
 from tests.support.world import TARGET
 
 pytestmark = pytest.mark.both_backends
@@ -113,7 +114,7 @@ def test_451_then_success_is_sent_once_with_the_same_message_id(
 
 
 def test_server_down_then_up_loses_nothing(tmp_path: Path, fake: FakeRegistry) -> None:
-    smtp = SmtpServer()  # not started: connection refused
+    smtp = SmtpServer(port=free_port())  # not started: connection refused
     run = configure(tmp_path, fake, smtp.port)
     change_both(run, fake)
     result = run("digest", "send", code=1)
@@ -305,8 +306,11 @@ def test_mail_config_errors(tmp_path: Path, text: str, message: str) -> None:
 
 @pytest.fixture
 def daily(tmp_path: Path, fake: FakeRegistry, smtp: SmtpServer) -> Iterator[Runner]:
+    # The commands read the real clock: the digest time is put 12 hours away so that no test straddles it.
+    far = datetime.now(UTC) + timedelta(hours=12)
     subs = f'[[subscriber]]\nemail = "{ALICE}"\nwatches = ["mg-azathioprine"]\nfrequency = "daily"\n'
-    yield configure(tmp_path, fake, smtp.port, subscribers=subs)
+    schedule = f'\n[schedule]\ndigest_time = "{far:%H:%M}"\n'
+    yield configure(tmp_path, fake, smtp.port, subscribers=subs + schedule)
 
 
 def test_daily_subscriber_waits_for_the_digest_time(daily: Runner, fake: FakeRegistry, smtp: SmtpServer) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,7 @@ def test_a_database_at_the_first_revision_upgrades_with_every_row_intact(
     status = json.loads(run("db", "status", "--json").stdout)
     assert (status["current"], status["head"]) == ("0001", schema.head())
     assert status["state"] == ("legacy" if database.backend == "sqlite" else "behind")
-    pending = [p["revision"] for p in status["pending"]]
-    assert pending[0] == "0002" and pending[-1] == HEAD and len(set(pending)) == len(pending)
+    assert status["pending"][0]["revision"] == "0002" and status["pending"][-1]["revision"] == HEAD
     refused = run("changes", code=1).stderr
     assert refused.endswith(f"is at revision 0001 and this trial watcher needs {HEAD}; run `watcher db upgrade`\n")
     if database.backend == "sqlite":  # a writing command upgrades a SQLite file by itself, after a backup
@@ -207,6 +207,7 @@ def test_postgresql_asks_for_db_upgrade_and_two_upgrades_never_collide(
     run("sync")
 
 
+@pytest.mark.slow
 def test_the_wheel_finds_its_migrations_without_alembic_ini(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
@@ -318,7 +319,7 @@ def test_several_senders_at_once_send_every_digest_exactly_once(
 
 @pytest.mark.slow
 def test_a_standby_daemon_takes_over_when_the_leader_is_killed(
-    tmp_path: Path, fake: FakeRegistry, postgres: PostgresServer, pg_database: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fake: FakeRegistry, postgres: PostgresServer, pg_database: str, measured: Callable[[str], None]
 ) -> None:
     url = postgres.url(pg_database)
     from tests.conftest import upgrade_to_head
@@ -344,6 +345,5 @@ def test_a_standby_daemon_takes_over_when_the_leader_is_killed(
     finally:
         code, _ = standby.stop()
     assert code == 0 and "Traceback" not in standby.output
-    with capsys.disabled():
-        print(f"\n[daemon] kill -9 of the leader to the standby's first sync: {took:.2f} s")
+    measured(f"daemon: kill -9 of the leader to the standby's first sync: {took:.2f} s")
     assert took < 30

@@ -449,9 +449,9 @@ def test_full_tokens_never_reach_the_logs(site: Site, caplog: pytest.LogCaptureF
 def test_a_confirmation_the_mail_server_did_not_take_goes_out_with_the_next_send(
     tmp_path: Path, fake: FakeRegistry, database: ScratchDatabase
 ) -> None:
-    from tests.support.smtp import SmtpServer
+    from tests.support.smtp import SmtpServer, free_port
 
-    smtp = SmtpServer()  # not started: connection refused
+    smtp = SmtpServer(port=free_port())  # not started yet: connection refused
     smtp_table = f'[smtp]\nhost = "127.0.0.1"\nport = {smtp.port}\nsecurity = "none"\ntimeout_s = 5\n'
     with site_for(tmp_path, fake, extra=smtp_table) as site:
         assert CHECK_INBOX in site.subscribe(BOB).text  # the page does not wait for the mail server

@@ -220,6 +220,14 @@ def _date_with_type(struct: str) -> Rule:
     return combine
 
 
+def _enrollment_with_type(line: Line, kind: Change) -> Line:
+    def counted(count: object, of: object) -> str:
+        label = _date_type(of)
+        return f"{_count(count)} ({label})" if label else _count(count)
+
+    return replace(line, text=f"Enrollment: {counted(line.old, kind.old)} → {counted(line.new, kind.new)}")
+
+
 def _results_with_date(line: Line, first_posted: Change) -> Line | None:
     if line.new is not True or not first_posted.new:
         return None
@@ -234,6 +242,7 @@ def _status_with_reason(line: Line, reason: Change) -> Line | None:
 
 COMPANIONS: tuple[tuple[str, str, Rule], ...] = (
     *((f"{struct}.date", f"{struct}.type", _date_with_type(struct)) for struct in DATE_STRUCTS),
+    (ENROLLMENT_COUNT, ENROLLMENT_TYPE, _enrollment_with_type),
     (HAS_RESULTS, RESULTS_FIRST_POSTED, _results_with_date),
     (OVERALL_STATUS, WHY_STOPPED, _status_with_reason),
 )
@@ -243,7 +252,8 @@ def describe_all(changes: Sequence[Change]) -> list[Line]:
     """All changes of one study in words, most important first.
 
     A date and its ACTUAL/ESTIMATED type changing together read as one line ("Completion:
-    Jan 2020 (estimated) → Dec 2019 (actual)"); results posted with their date read as one;
+    Jan 2020 (estimated) → Dec 2019 (actual)"), and so do an enrollment and its type;
+    results posted with their date read as one;
     a stop reason is quoted on the status line it explains.
     """
     fields = {c.path: c for c in changes if c.kind is ChangeKind.CHANGED}
