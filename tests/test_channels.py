@@ -121,7 +121,7 @@ def test_the_compact_digest_reads_like_the_email_in_markdown_or_plain_text() -> 
     assert plain.title == "" and plain.body.startswith("Trial updates · mg-azathioprine (8)\n\nNCT01727193 · ")
     assert "**" not in plain.body and "](" not in plain.body
     assert "• Status: Unknown status → Completed\n• Site completed: " in plain.body
-    assert "1 month earlier\nhttps://clinicaltrials.gov/study/NCT01727193\n\n" in plain.body
+    assert "(actual)\nhttps://clinicaltrials.gov/study/NCT01727193\n\n" in plain.body
 
 
 def test_too_long_for_the_service_ends_with_what_is_left_and_where() -> None:
