@@ -125,7 +125,7 @@ def test_a_database_at_the_first_revision_upgrades_with_every_row_intact(
     status = json.loads(run("db", "status", "--json").stdout)
     assert (status["current"], status["head"]) == ("0001", schema.head())
     assert status["state"] == ("legacy" if database.backend == "sqlite" else "behind")
-    assert [p["revision"] for p in status["pending"]][0] == "0002" and status["pending"][-1]["revision"] == HEAD
+    assert status["pending"][0]["revision"] == "0002" and status["pending"][-1]["revision"] == HEAD
     refused = run("changes", code=1).stderr
     assert refused.endswith(f"is at revision 0001 and this trial watcher needs {HEAD}; run `watcher db upgrade`\n")
     if database.backend == "sqlite":  # a writing command upgrades a SQLite file by itself, after a backup
