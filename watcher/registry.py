@@ -1,8 +1,13 @@
-"""The ClinicalTrials.gov API v2 client: the only module that speaks HTTP.
+"""The ClinicalTrials.gov client: the only module that speaks HTTP.
 
 One `requests.Session` with timeouts and urllib3's `Retry` (exponential backoff with
 jitter, `Retry-After` honoured) for 429, 5xx and connection errors. Bodies that are not
 complete JSON of the expected shape are errors, never data.
+
+Besides the API v2 it reads the registry's version history on its internal API (`/api/int`,
+undocumented, not a contract), strictly one request at a time and at most one a second (the
+site's robots rules ask for a crawl delay of 1 s, and that API answers 429 to more). Any
+failure there is a `HistoryUnavailable`, so that callers can fall back to a plain diff.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +26,8 @@ from urllib3.util.retry import Retry
 
 from watcher import __version__
 from watcher.config import CtgovSettings
-from watcher.errors import Cancelled, RegistryError
+from watcher.errors import Cancelled, HistoryUnavailable, RegistryError
+from watcher.history import VersionIndex, parse_index, parse_version
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,8 @@ PAGE_SIZE = 1000
 IDS_PER_REQUEST = 250
 MAX_PAGES = 2000
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+# /api/int: at most one request a second (robots.txt: Crawl-delay: 1), never two at once
+INT_INTERVAL_S = 1.0
 
 LISTING_FIELDS = "NCTId,LastUpdatePostDate"
 ID_LISTING_FIELDS = "NCTId,NCTIdAlias,LastUpdatePostDate"
@@ -45,25 +54,76 @@ class Listed:
 
 @dataclass
 class Traffic:
-    requests: int = 0
+    requests: int = 0  # every request, retries included
     bytes: int = 0
+    history_requests: int = 0  # of those, to the internal history API
+    history_bytes: int = 0
 
 
 class _CountingRetry(Retry):
-    """urllib3's Retry, also counting each retried attempt into the client's traffic."""
+    """urllib3's Retry, also counting each retried attempt into the client's traffic; for the
+    internal API it never retries sooner than `min_backoff_s` (urllib3 retries the first time at once)."""
 
     traffic: Traffic | None = None
+    internal_api: bool = False
+    min_backoff_s: float = 0.0
 
     def new(self, **kw: Any) -> _CountingRetry:
         fresh = super().new(**kw)
-        fresh.traffic = self.traffic
+        fresh.traffic, fresh.internal_api, fresh.min_backoff_s = self.traffic, self.internal_api, self.min_backoff_s
         return fresh
 
     def increment(self, *args: Any, **kwargs: Any) -> _CountingRetry:
         fresh = super().increment(*args, **kwargs)  # raises once retries are used up
         if self.traffic is not None:
             self.traffic.requests += 1
+            if self.internal_api:
+                self.traffic.history_requests += 1
         return fresh
+
+    def get_backoff_time(self) -> float:
+        return max(super().get_backoff_time(), self.min_backoff_s)
+
+
+Wait = Callable[[float], bool]  # wait up to this many seconds; True when told to stop meanwhile
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
+class Pacer:
+    """At most one request every `interval_s` seconds, counted from the end of the previous
+    answer (so retries inside a request count too). The wait ends early, with `Cancelled`,
+    when the daemon stops. Tests inject `clock` and `wait`."""
+
+    def __init__(
+        self,
+        interval_s: float = INT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        wait: Wait | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.wait: Wait = wait or (cancel.wait if cancel is not None else _sleep)
+        self._last: float | None = None
+
+    def before(self) -> None:
+        if self._last is None:
+            return
+        remaining = self._last + self.interval_s - self.clock()
+        if remaining > 0 and self.wait(remaining):
+            raise Cancelled("stopping: no further requests")
+
+    def after(self) -> None:
+        self._last = self.clock()
+
+
+def int_pacer(cancel: threading.Event | None = None) -> Pacer:
+    """The pacing of the internal API (tests replace this to inject time)."""
+    return Pacer(INT_INTERVAL_S, cancel=cancel)
 
 
 def user_agent(contact: str | None) -> str:
@@ -73,30 +133,42 @@ def user_agent(contact: str | None) -> str:
 
 
 class Registry:
-    def __init__(self, settings: CtgovSettings, cancel: threading.Event | None = None) -> None:
+    def __init__(
+        self, settings: CtgovSettings, cancel: threading.Event | None = None, pacer: Pacer | None = None
+    ) -> None:
         self.settings = settings
         self.cancel = cancel
         self.base_url = settings.base_url
+        self.int_base = settings.int_base
+        self.pacer = pacer or int_pacer(cancel)
         self.traffic = Traffic()
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": user_agent(settings.contact), "Accept": "application/json"})
+        adapter = HTTPAdapter(max_retries=self._retry())
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        # the same session and policy for the internal API, but no retry sooner than its pace allows
+        # (requests picks the adapter with the longest matching prefix)
+        self.session.mount(f"{self.int_base}/", HTTPAdapter(max_retries=self._retry(internal_api=True)))
+
+    def _retry(self, internal_api: bool = False) -> _CountingRetry:
+        retries = self.settings.retries
         retry = _CountingRetry(
-            total=settings.retries,
-            connect=settings.retries,
-            read=settings.retries,
-            status=settings.retries,
+            total=retries,
+            connect=retries,
+            read=retries,
+            status=retries,
             status_forcelist=RETRY_STATUSES,
             allowed_methods=frozenset({"GET"}),
-            backoff_factor=settings.backoff_s,
+            backoff_factor=self.settings.backoff_s,
             backoff_max=60,
-            backoff_jitter=settings.backoff_s / 4,
+            backoff_jitter=self.settings.backoff_s / 4,
             respect_retry_after_header=True,
             raise_on_status=False,
         )
-        retry.traffic = self.traffic
-        adapter = HTTPAdapter(max_retries=retry)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        retry.traffic, retry.internal_api = self.traffic, internal_api
+        retry.min_backoff_s = self.pacer.interval_s if internal_api else 0.0
+        return retry
 
     def close(self) -> None:
         self.session.close()
@@ -139,6 +211,46 @@ class Registry:
             raise RegistryError(
                 f"ClinicalTrials.gov sent a body that is not complete JSON "
                 f"({kind}, {len(body)} bytes) for {response.url}"
+            ) from None
+
+    def get_history_json(self, path: str, nct_id: str, what: str) -> Any:
+        """A body from the internal API, paced; every failure is a one-line `HistoryUnavailable`."""
+        url = f"{self.int_base}/{path.lstrip('/')}"
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("stopping: no further requests")
+        self.pacer.before()
+        tries = self.settings.retries + 1
+        self.traffic.requests += 1
+        self.traffic.history_requests += 1
+        try:
+            response = self.session.get(url, timeout=self.settings.timeout_s)
+        except requests.exceptions.RetryError as exc:
+            raise HistoryUnavailable(
+                f"{nct_id}: ClinicalTrials.gov kept failing on {what} after {tries} tries ({_reason(exc)})"
+            ) from None
+        except requests.exceptions.Timeout:
+            raise HistoryUnavailable(
+                f"{nct_id}: ClinicalTrials.gov did not send {what} within {self.settings.timeout_s:g} s"
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            raise HistoryUnavailable(f"{nct_id}: ClinicalTrials.gov did not send {what} ({_reason(exc)})") from None
+        finally:
+            self.pacer.after()
+        body = response.content
+        self.traffic.bytes += len(body)
+        self.traffic.history_bytes += len(body)
+        log.debug("GET %s -> %s (%d bytes)", response.url, response.status_code, len(body))
+        if response.status_code != 200:
+            raise HistoryUnavailable(f"{nct_id}: {_history_error(response, what)}")
+        kind = response.headers.get("Content-Type", "unknown type")
+        if "html" in kind.lower() or body.lstrip()[:1] == b"<":
+            raise HistoryUnavailable(f"{nct_id}: ClinicalTrials.gov sent a web page instead of {what}")
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise HistoryUnavailable(
+                f"{nct_id}: ClinicalTrials.gov sent {what} in a body that is not complete JSON "
+                f"({kind}, {len(body)} bytes)"
             ) from None
 
     # --- endpoints ----------------------------------------------------------------------
@@ -190,6 +302,18 @@ class Registry:
         for batch in _batches(sorted(set(nct_ids)), IDS_PER_REQUEST):
             yield from self.pages({"filter.ids": ",".join(batch)})
 
+    # --- the internal API: version history (not a contract) ------------------------------
+
+    def version_index(self, nct_id: str) -> VersionIndex:
+        """Every version of a study: number, submission date, status, module labels (one request)."""
+        body = self.get_history_json(f"studies/{nct_id}/history", nct_id, "its version history")
+        return parse_index(nct_id, body)
+
+    def version(self, nct_id: str, number: int) -> dict[str, Any]:
+        """The record as it was at version `number`, in the API v2 shape (one request)."""
+        body = self.get_history_json(f"studies/{nct_id}/history/{number}", nct_id, f"version {number}")
+        return parse_version(nct_id, number, body)
+
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
@@ -221,6 +345,18 @@ def _reason(exc: Exception) -> str:
         if needle in text:
             return reason
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _history_error(response: requests.Response, what: str) -> str:
+    code = response.status_code
+    if code == 404:
+        return f"ClinicalTrials.gov has no {what.removeprefix('its ')} for this trial (404)"
+    if code == 429:
+        return f"ClinicalTrials.gov is rate limiting history requests (429) and kept doing so; {what} was not read"
+    if code == 403:
+        return f"ClinicalTrials.gov refused the request for {what} (403)"
+    text = " ".join(response.text.split())[:200] or response.reason or ""
+    return f"ClinicalTrials.gov answered {code} to the request for {what}: {text}".rstrip(": ")
 
 
 def _http_error(response: requests.Response) -> str:
