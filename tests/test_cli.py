@@ -87,6 +87,7 @@ def test_changes_filters_and_json_shape(run: Runner, fake: FakeRegistry) -> None
     run("sync")
     everything = json.loads(run("changes", "--json").stdout)
     assert {"id", "nct_id", "kind", "field", "old", "new", "detected_at", "watches"} <= set(everything[0])
+    assert all(c["effective_date"] is None and c["registry_version"] is None for c in everything)  # not replayed
     only = json.loads(run("changes", "--json", "--nct", "NCT90000001").stdout)
     assert [(c["old"], c["new"]) for c in only] == [("RECRUITING", "SUSPENDED")]
     assert json.loads(run("changes", "--json", "--since", "2999-01-01").stdout) == []

@@ -149,6 +149,8 @@ def change_json(change: LoggedChange, titles: dict[str, str | None]) -> dict[str
         "watches": list(change.watches),
         "title": titles.get(change.nct_id),
         "summary": describe(change).text,
+        "effective_date": change.effective_date,
+        "registry_version": change.registry_version,
     }
 
 
