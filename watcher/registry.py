@@ -355,6 +355,8 @@ def _history_error(response: requests.Response, what: str) -> str:
         return f"ClinicalTrials.gov is rate limiting history requests (429) and kept doing so; {what} was not read"
     if code == 403:
         return f"ClinicalTrials.gov refused the request for {what} (403)"
+    if code >= 500:
+        return f"ClinicalTrials.gov kept answering {code} to the request for {what}"
     text = " ".join(response.text.split())[:200] or response.reason or ""
     return f"ClinicalTrials.gov answered {code} to the request for {what}: {text}".rstrip(": ")
 
