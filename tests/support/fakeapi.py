@@ -213,7 +213,7 @@ class FakeRegistry:
         self.data_timestamp = data_timestamp
         self.faults = Faults()
         self.log: list[Served] = []
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # admin routes (bench) edit the world while a request holds it
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
