@@ -30,3 +30,9 @@ def test_quick_benchmark_runs_and_counts_right(tmp_path: Path) -> None:
     assert all(r["requests"] == 1 for r in ours if r["cycle"] == "quiet")
     assert data["digests"]["digests"] == 1000 and data["digests"]["changes_each"] == 50
     assert data["startup_s"]["heavy modules imported by --help"] == "[]"
+    history = data["history"]
+    assert "watcher history NCT… --registry" in result.stdout
+    assert history["first"]["requests"] == history["measured"] + history["first"]["fetched"]  # index + versions
+    assert history["first"]["fetched"] == history["fetchable_versions"]  # only those that may touch a tracked field
+    assert history["second"]["requests"] == history["measured"] and history["second"]["fetched"] == 0
+    assert history["day"]["recorded"] == history["day"]["flattened"]  # no replay yet: one change per trial
