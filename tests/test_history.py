@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 
 from watcher.changes import ChangeKind
+from watcher.config import HistoryMode
 from watcher.differ import diff
 from watcher.errors import HistoryUnavailable
 from watcher.history import (
     Version,
     VersionIndex,
+    asks_for_history,
     comparable,
     diff_versions,
     field_timeline,
@@ -329,3 +331,25 @@ def test_the_timeline_starts_with_version_0_in_words() -> None:
     assert [p.status for p in told.statuses] == ["NOT_YET_RECRUITING", "RECRUITING", "ACTIVE_NOT_RECRUITING"]
     assert [e.version.number for e in told.events] == [1, 3]
     assert first_words("RECRUITING", None) == "First submitted · Recruiting"
+
+
+# --- when a sync asks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "previous", "current", "asks"),
+    [
+        (HistoryMode.GAPS, None, "2026-11-25T09:00:05", False),  # the first sync: a silent baseline
+        (HistoryMode.GAPS, "2026-11-24T09:00:05", "2026-11-25T09:00:05", False),  # an ordinary daily sync
+        (HistoryMode.GAPS, "2026-11-25T09:00:05", "2026-11-25T09:00:05", False),  # a quiet poll
+        (HistoryMode.GAPS, "2026-11-20T09:00:05", "2026-11-23T09:00:05", True),  # a weekend: Friday to Monday
+        (HistoryMode.GAPS, "2026-11-24T09:00:05", "2026-11-25T15:00:06", True),  # 30 h and a second
+        (HistoryMode.GAPS, "2026-11-24T09:00:05", "2026-11-25T15:00:05", False),  # 30 h exactly
+        (HistoryMode.GAPS, "yesterday", "2026-11-25T09:00:05", True),  # unreadable: look
+        (HistoryMode.ALWAYS, "2026-11-24T09:00:05", "2026-11-25T09:00:05", True),
+        (HistoryMode.ALWAYS, None, "2026-11-25T09:00:05", False),
+        (HistoryMode.OFF, "2026-11-01T09:00:05", "2026-11-25T09:00:05", False),
+    ],
+)
+def test_when_a_sync_asks_for_history(mode: HistoryMode, previous: str | None, current: str, asks: bool) -> None:
+    assert asks_for_history(mode, previous, current) is asks

@@ -16,6 +16,7 @@ from watcher.config import load_config
 from watcher.db import database_of
 from watcher.registry import Registry
 from watcher.store import Store, load_records
+from watcher.versions import fetch_versions
 
 TIMELINE = """\
 NCT03690141  An Open-label Study Examining the Effect of Tomivosertib (eFT508) in Patients With
@@ -236,3 +237,24 @@ def test_the_version_of_the_stored_record_and_the_versions_missed_since(
         ("2026-11-03", "ACTIVE_NOT_RECRUITING"),
         ("2026-11-04", "COMPLETED"),
     ]
+
+
+def test_a_cap_on_versions_fetched_carries_over_to_the_next_call(
+    fake: FakeRegistry, config_file: Path, paced_clock: FakeClock
+) -> None:
+    fake.set_history(HISTORY_STUDY, history_versions())
+    config = load_config(config_file)
+    store = Store(database_of(config))
+    try:
+        with Registry(config.ctgov) as registry:
+            index = registry.version_index(HISTORY_STUDY)
+            wanted = history.versions_to_fetch(index)
+            first, fetched = fetch_versions(store, registry, index, wanted, limit=4)
+            assert (sorted(first), fetched) == ([0, 1, 2, 3], 4)
+            second, fetched = fetch_versions(store, registry, index, wanted, limit=4)
+            assert (sorted(second), fetched) == ([0, 1, 2, 3, 4, 5, 6, 7], 4)  # the first four from the store
+            third, fetched = fetch_versions(store, registry, index, wanted, limit=4)
+            assert (sorted(third), fetched) == (list(range(10)), 2)
+    finally:
+        store.close()
+    assert [s.path.rsplit("/", 1)[1] for s in fake.log] == ["history", *map(str, range(10))]  # each version once

@@ -19,11 +19,12 @@ import html
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
 from watcher.changes import Change
+from watcher.config import HistoryMode
 from watcher.differ import Record, diff, get_path
 from watcher.errors import HistoryUnavailable
 from watcher.fields import (
@@ -283,6 +284,28 @@ def versions_to_fetch(index: VersionIndex, after: int | None = None) -> list[int
     if after is None and 0 not in wanted:
         wanted.insert(0, 0)
     return wanted
+
+
+# --- when a sync asks for history ------------------------------------------------------------
+
+# The registry refreshes its data once a working day; more than this between two good syncs
+# means refreshes, and so versions, may have been missed (downtime, failed syncs, a stopped daemon).
+MISSED_REFRESH = timedelta(hours=30)
+
+
+def asks_for_history(mode: HistoryMode, previous_stamp: str | None, current_stamp: str) -> bool:
+    """Whether a sync asks for the version history of the studies that changed, given the registry's
+    `dataTimestamp` at the last good sync and now. The first sync (a silent baseline) never does;
+    `gaps` only when the data moved by more than one daily refresh; `always` whenever it syncs."""
+    if mode is HistoryMode.OFF or previous_stamp is None:
+        return False
+    if mode is HistoryMode.ALWAYS:
+        return True
+    try:
+        moved = datetime.fromisoformat(current_stamp) - datetime.fromisoformat(previous_stamp)
+    except ValueError:
+        return True  # a stamp we cannot read: be safe, look
+    return moved > MISSED_REFRESH
 
 
 # --- which version a stored record is ---------------------------------------------------------
