@@ -8,6 +8,13 @@ by the server), wall and CPU seconds and peak resident memory (of the child proc
 changes found against those the world planted. Then the web pages (bench/web.py): page and feed
 medians over HTTP with 1,104 trials and 10,000 stored changes, and 500 one-click unsubscribes from
 50 concurrent clients. Prints a table; writes bench/results.json.
+
+It also measures `watcher history NCT… --registry` (one child process per trial) on trials with a
+version history of 30 versions, at the real pace of one request a second to the internal API:
+a first pass (the index and every version that may touch a tracked field) and a second (the
+index alone); at that pace 100 trials take about 40 minutes, so by default 5 are measured and
+the first pass is extrapolated to 100 (`--history-trials 100` measures them all). Then a day on
+which 10 trials each moved 3 versions: the requests and changes a sync records.
 """
 
 from __future__ import annotations
@@ -147,6 +154,79 @@ def run_size(n: int, latency: float, naive: bool, work: Path) -> list[Row]:
     finally:
         world.stop()
     return rows
+
+
+def run_history(measured: int, total: int, versions: int, movers: int, latency: float, work: Path) -> dict[str, Any]:
+    """`history --registry` for `measured` of `total` trials of `versions` versions (two passes), then a
+    day on which `movers` trials each moved 3 versions, synced."""
+    world = World(total, latency)
+    folder = work / "history"
+    folder.mkdir()
+    config = write_config(folder, world.base_url)
+    result: dict[str, Any] = {"trials": total, "measured": measured, "versions": versions, "latency_s": latency}
+    try:
+        planted = world.admin(f"history?trials={total}&versions={versions}")
+        result["fetchable_versions"] = planted["fetchable"]
+        for name in ("first", "second"):
+            totals = {"requests": 0, "bytes": 0, "wall_s": 0.0, "cpu_s": 0.0, "peak_mb": 0.0, "fetched": 0}
+            for nct in planted["ids"][:measured]:
+                world.admin("stats?reset=1")
+                usage, out = measure(
+                    [*WATCHER, "--config", str(config), "history", nct, "--registry", "--json"], folder
+                )
+                traffic = world.admin("stats?reset=1")
+                totals["requests"] += traffic["requests"]
+                totals["bytes"] += traffic["bytes"]
+                totals["fetched"] += json.loads(out)["fetched"]
+                totals["wall_s"] += usage["wall_s"]
+                totals["cpu_s"] += usage["cpu_s"]
+                totals["peak_mb"] = max(totals["peak_mb"], usage["peak_mb"])
+            result[name] = totals
+            print(f"  history --registry, {name} pass: {totals['requests']} requests in {totals['wall_s']:.1f} s",
+                  flush=True)  # fmt: skip
+        if measured < total:
+            factor = total / measured
+            result["first_extrapolated"] = {
+                k: (v * factor if k != "peak_mb" else v) for k, v in result["first"].items()
+            }  # peak memory is per process: it does not grow with the number of trials
+        world.admin("stats?reset=1")
+        measure([*WATCHER, "--config", str(config), "sync", "--quiet"], folder)  # the silent baseline
+        day = world.admin(f"versions_day?trials={movers}&versions=3")
+        world.admin("stats?reset=1")
+        usage, _ = measure([*WATCHER, "--config", str(config), "sync", "--quiet"], folder)
+        traffic = world.admin("stats?reset=1")
+        result["day"] = {**day, "requests": traffic["requests"], "bytes": traffic["bytes"], "wall_s": usage["wall_s"],
+                         "recorded": last_run_changes(folder / "watcher.db")}  # fmt: skip
+    finally:
+        world.stop()
+    return result
+
+
+def history_table(h: dict[str, Any]) -> str:
+    head = f"  {'pass':<28} {'trials':>6} {'requests':>8} {'received':>10} {'versions':>8} {'wall s':>8} {'peak MB':>7}"
+    lines = [
+        f"watcher history NCT… --registry: trials of {h['versions']} versions, {h['latency_s'] * 1000:.0f} ms a "
+        f"request, 1 request/s to /api/int ({h['fetchable_versions']} of {h['trials'] * h['versions']} versions "
+        "may touch a tracked field)",
+        head,
+        "  " + "-" * (len(head) - 2),
+    ]
+
+    def row(label: str, trials: int, t: dict[str, float]) -> str:
+        return (f"  {label:<28} {trials:>6} {round(t['requests']):>8} {size_text(round(t['bytes'])):>10} "
+                f"{round(t['fetched']):>8} {t['wall_s']:>8.1f} {t['peak_mb']:>7.0f}")  # fmt: skip
+
+    lines.append(row("first (index + versions)", h["measured"], h["first"]))
+    if "first_extrapolated" in h:
+        lines.append(row("first, extrapolated", h["trials"], h["first_extrapolated"]))
+    lines.append(row("second (index only)", h["measured"], h["second"]))
+    d = h["day"]
+    lines.append(
+        f"\nA day on which {d['trials']} trials each moved 3 versions ({d['versions']} versions): the sync made "
+        f"{d['requests']} requests ({size_text(d['bytes'])}) in {d['wall_s']:.1f} s and recorded {d['recorded']} "
+        f"changes (a plain diff sees {d['flattened']}; the versions hold {d['replayed']})"
+    )
+    return "\n".join(lines)
 
 
 def extrapolate(rows: list[Row], from_n: int, to_n: int) -> list[Row]:
@@ -320,6 +400,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, help="seconds per API request (default 0.1; 0 with --quick)")
     parser.add_argument("--naive-max", type=int, default=1000, help="run the naive poller up to this N")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--history-trials", type=int, help="trials measured by history --registry (default 5 of 100)")
+    parser.add_argument("--history-only", action="store_true", help="only the history --registry measurements")
     parser.add_argument("--digest-cycle", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.digest_cycle:
@@ -327,42 +409,54 @@ def main() -> None:
         return
     sizes = args.sizes or ([10, 1000] if args.quick else [10, 1000, 10000])
     latency = args.latency if args.latency is not None else (0.0 if args.quick else 0.1)
+    if args.quick:
+        h_total, h_measured, h_versions, h_movers = 2, 2, 4, 2
+    else:
+        h_total, h_versions, h_movers = 100, 30, 10
+        h_measured = min(args.history_trials or 5, h_total)
     work = Path(tempfile.mkdtemp(prefix="watcher-bench-"))
     rows: list[Row] = []
+    digest: dict[str, Any] = {}
+    times: dict[str, Any] = {}
     try:
         print(f"trial watcher benchmark: N = {sizes}, latency {latency * 1000:.0f} ms per request", flush=True)
-        for n in sizes:
-            rows += run_size(n, latency, naive=n <= args.naive_max, work=work)
-        largest_naive = max((n for n in sizes if n <= args.naive_max), default=None)
-        for n in sizes:
-            if n > args.naive_max and largest_naive:
-                rows += extrapolate(rows, largest_naive, n)
-        usage, out = measure([sys.executable, str(Path(__file__).resolve()), "--digest-cycle"], ROOT)
-        digest = {**json.loads(out), **usage}
-        rows.append(Row("-", "digests", "watcher", 0, 0, usage["wall_s"], usage["cpu_s"], usage["peak_mb"]))
-        print("  web pages", flush=True)
-        web = web_cycle(args.quick)
-        probe_n = min(sizes, key=lambda n: abs(n - 1000))
-        world = World(probe_n, latency)
-        try:
-            config = write_config(work / f"n{probe_n}", world.base_url)
-            times = startup(config, f"NCT{80_000_000:08d}")
-        finally:
-            world.stop()
+        web: dict[str, Any] = {}
+        if not args.history_only:
+            for n in sizes:
+                rows += run_size(n, latency, naive=n <= args.naive_max, work=work)
+            largest_naive = max((n for n in sizes if n <= args.naive_max), default=None)
+            for n in sizes:
+                if n > args.naive_max and largest_naive:
+                    rows += extrapolate(rows, largest_naive, n)
+            usage, out = measure([sys.executable, str(Path(__file__).resolve()), "--digest-cycle"], ROOT)
+            digest = {**json.loads(out), **usage}
+            rows.append(Row("-", "digests", "watcher", 0, 0, usage["wall_s"], usage["cpu_s"], usage["peak_mb"]))
+            print("  web pages", flush=True)
+            web = web_cycle(args.quick)
+            probe_n = min(sizes, key=lambda n: abs(n - 1000))
+            world = World(probe_n, latency)
+            try:
+                config = write_config(work / f"n{probe_n}", world.base_url)
+                times = startup(config, f"NCT{80_000_000:08d}")
+            finally:
+                world.stop()
+        history = run_history(h_measured, h_total, h_versions, h_movers, latency, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()
-    print(table(rows))
-    print(
-        f"\n{digest['digests']:,} digests of {digest['changes_each']} changes built, rendered and queued in "
-        f"{digest['build_wall_s']:.2f} s ({digest['build_cpu_s']:.2f} s CPU; the whole process with its set-up "
-        f"{digest['wall_s']:.2f} s, {digest['peak_mb']:.0f} MB peak)"
-    )
-    print("\nStart-up (median wall seconds): " + " · ".join(
-        f"{k} {v:.3f}" for k, v in times.items() if isinstance(v, float)))  # fmt: skip
-    print(f"Heavy modules imported by `watcher --help`: {times['heavy modules imported by --help']}")
-    print("\n" + web_text(web))
-    checks = targets(rows, digest, max(sizes), web)
+    if rows:
+        print(table(rows))
+        print(
+            f"\n{digest['digests']:,} digests of {digest['changes_each']} changes built, rendered and queued in "
+            f"{digest['build_wall_s']:.2f} s ({digest['build_cpu_s']:.2f} s CPU; the whole process with its set-up "
+            f"{digest['wall_s']:.2f} s, {digest['peak_mb']:.0f} MB peak)"
+        )
+        print("\nStart-up (median wall seconds): " + " · ".join(
+            f"{k} {v:.3f}" for k, v in times.items() if isinstance(v, float)))  # fmt: skip
+        print(f"Heavy modules imported by `watcher --help`: {times['heavy modules imported by --help']}")
+        print("\n" + web_text(web))
+    print("\n" + history_table(history))
+    checks = targets(rows, digest, max(sizes), web) if rows else []
     if checks:
         print("\nTargets:\n" + "\n".join(checks))
     args.out.write_text(
@@ -375,6 +469,7 @@ def main() -> None:
                 "startup_s": times,
                 "web": web,
                 "targets": checks,
+                "history": history,
             },
             indent=2,
         )

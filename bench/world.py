@@ -5,12 +5,15 @@ the project's fake API in a process of its own, with admin routes to plant a day
 
 Admin routes (not counted as traffic): `/_admin/day` plants a day of changes and refreshes
 the dataTimestamp, answering what it planted; `/_admin/stats?reset=1` answers the requests
-and bytes served since the last reset.
+and bytes served since the last reset; `/_admin/history?trials=T&versions=V` gives T studies a
+version history of V versions each; `/_admin/versions_day?trials=T&versions=V` makes T studies
+move V versions each (as between two polls) and refreshes the dataTimestamp.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import sys
@@ -21,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.fakeapi import FakeRegistry, nct_id  # noqa: E402
+from tests.support.fakeapi import FakeRegistry, FakeVersion, nct_id  # noqa: E402
 
 Record = dict[str, Any]
 FIXTURES = ROOT / "tests" / "fixtures" / "records"
@@ -133,6 +136,85 @@ def plant_day(fake: FakeRegistry, fraction: float, new: int, seed: int) -> dict[
     return {"edited": len(edited), "new": new, "planted": planted}
 
 
+# Updates touching only modules without a tracked field. An assumption of this world: one update in
+# three is of that kind (in the one recorded index every update touched Study Status; on trials like
+# that every version is fetched, and the figures grow by half).
+UNTRACKED_UPDATES = (["Eligibility"], ["Outcome Measures"], ["References", "Study Description"])
+
+
+def _version_day(number: int) -> str:
+    return (date(2015, 1, 5) + timedelta(days=60 * number)).isoformat()
+
+
+def _dated(record: Record, day: str) -> None:
+    status = record["protocolSection"]["statusModule"]
+    status["lastUpdateSubmitDate"] = day
+    status["lastUpdatePostDateStruct"] = {"date": (date.fromisoformat(day) + timedelta(days=1)).isoformat(),
+                                          "type": "ACTUAL"}  # fmt: skip
+
+
+def plant_history(fake: FakeRegistry, trials: int, versions: int) -> dict[str, Any]:
+    """Give the first `trials` studies a history of `versions` versions each, ending at their current
+    record: sites opening, dates moving, enrollment growing, the status going from not yet
+    recruiting to recruiting, active and completed; and one update in three touching no tracked field."""
+    ids = list(fake.records)[:trials]
+    fetchable = 0
+    for n, study_id in enumerate(ids):
+        current = fake.records[study_id]
+        p = current["protocolSection"]
+        sites = p.setdefault("contactsLocationsModule", {}).setdefault("locations", [])
+        record = copy.deepcopy(current)
+        record["protocolSection"]["contactsLocationsModule"]["locations"] = sites[:1]
+        record["protocolSection"]["statusModule"]["overallStatus"] = "NOT_YET_RECRUITING"
+        _dated(record, _version_day(0))
+        history = [FakeVersion(_version_day(0), copy.deepcopy(record), [])]
+        fetchable += 1
+        for k in range(1, versions):
+            record = copy.deepcopy(record)
+            r = record["protocolSection"]
+            if k % 3 == 0:
+                labels = UNTRACKED_UPDATES[(k // 3 + n) % len(UNTRACKED_UPDATES)]
+                r.setdefault("eligibilityModule", {})["minimumAge"] = f"{18 + k % 5} Years"
+            else:
+                labels = ["Study Status"]
+                status = r["statusModule"]
+                status["overallStatus"] = (
+                    "COMPLETED" if k == versions - 1 else "ACTIVE_NOT_RECRUITING" if k >= versions - 4 else "RECRUITING"
+                )
+                if k % 3 == 1:
+                    labels.append("Contacts/Locations")
+                    shown = r["contactsLocationsModule"]["locations"]
+                    extra = {"facility": f"Bench Hospital {k}", "city": "Shanghai", "country": "China"}
+                    shown.append(sites[len(shown)] if len(shown) < len(sites) else extra)
+                else:
+                    labels.append("Study Design")
+                    r.setdefault("designModule", {}).setdefault("enrollmentInfo", {})["count"] = 20 + 5 * k
+                fetchable += 1
+            _dated(record, _version_day(k))
+            history.append(FakeVersion(_version_day(k), record, labels))
+        fake.set_history(study_id, history)
+    fake._hits_cache.clear()
+    return {"ids": ids, "versions": versions, "fetchable": fetchable}
+
+
+def plant_versions_day(fake: FakeRegistry, trials: int, versions: int, day: str) -> dict[str, int]:
+    """`trials` studies each move `versions` versions since the last poll: the status changes every
+    time (recruiting → active → completed ...). Returns the changes a plain diff can see
+    (status once, flattened) and those the versions hold (one per version)."""
+    cycle = ["RECRUITING", "ACTIVE_NOT_RECRUITING", "COMPLETED", "TERMINATED"]
+    ids = list(fake.records)[:trials]
+    for study_id in ids:
+        start = fake.records[study_id]["protocolSection"]["statusModule"].get("overallStatus")
+        steps = [s for s in cycle if s != start][:versions]
+        for k, status in enumerate(steps):
+            stamp = (date.fromisoformat(day) + timedelta(days=k)).isoformat()
+            fake.add_version(
+                study_id, stamp, lambda r, s=status: r["protocolSection"]["statusModule"].update(overallStatus=s)
+            )
+    fake.refresh()
+    return {"trials": len(ids), "versions": versions * len(ids), "flattened": len(ids), "replayed": versions * len(ids)}
+
+
 class BenchRegistry(FakeRegistry):
     """The fake API plus admin routes; counts only non-admin traffic."""
 
@@ -150,6 +232,11 @@ class BenchRegistry(FakeRegistry):
             self.day += 1
             result = plant_day(self, float(params.get("fraction", "0.01")), int(params.get("new", "5")), self.day)
             return self._json(result)
+        if path == "/_admin/history":
+            return self._json(plant_history(self, int(params["trials"]), int(params["versions"])))
+        if path == "/_admin/versions_day":
+            day = (date.fromisoformat(self.data_timestamp[:10]) - timedelta(days=6)).isoformat()
+            return self._json(plant_versions_day(self, int(params["trials"]), int(params["versions"]), day))
         if path == "/_admin/stats":
             served = [s for s in self.log if not s.path.startswith("/_admin")]
             stats = {"requests": len(served), "bytes": sum(s.bytes for s in served), "studies": len(self.records)}

@@ -239,3 +239,31 @@ def mail_config(
         else ""
     )
     return f'[mail]\nfrom = "Trial Watcher <watcher@example.org>"\n{mail_extra}\n{smtp}\n{subscribers}'
+
+
+class FakeClock:
+    """Monotonic time for the registry's pacing: it moves only when the code waits."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        self.now += seconds
+        return False
+
+
+@pytest.fixture
+def paced_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The internal API's one-request-a-second pace on a fake clock: nothing really waits."""
+    from watcher import registry
+
+    clock = FakeClock()
+    monkeypatch.setattr(
+        registry, "int_pacer", lambda cancel=None: registry.Pacer(clock=clock, wait=clock.wait, cancel=cancel)
+    )
+    return clock

@@ -38,3 +38,9 @@ def test_quick_benchmark_runs_and_counts_right(tmp_path: Path) -> None:
                                  "/watch/{name}/feed.json", "/trial/{nct_id}/feed.atom"}  # fmt: skip
     assert web["one_click"]["ok"] == web["one_click"]["honoured"] == web["one_click"]["posts"] == 100
     assert web["one_click"]["errors"] == 0 and web["server_exit"] == 0
+    history = data["history"]
+    assert "watcher history NCT… --registry" in result.stdout
+    assert history["first"]["requests"] == history["measured"] + history["first"]["fetched"]  # index + versions
+    assert history["first"]["fetched"] == history["fetchable_versions"]  # only those that may touch a tracked field
+    assert history["second"]["requests"] == history["measured"] and history["second"]["fetched"] == 0
+    assert history["day"]["recorded"] == history["day"]["flattened"]  # no replay yet: one change per trial

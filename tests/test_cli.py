@@ -34,7 +34,7 @@ def test_check_first_time_then_changes(run: Runner, fake: FakeRegistry) -> None:
     assert "Changed since the last stored record" in out
     assert "  • Status: Unknown status → Completed\n" in out
     assert "  • Completion: Jan 2020 (estimated) → Dec 2019 (actual), 1 month earlier\n" in out
-    assert "  • Enrollment: 100 → 96\n" in out
+    assert "  • Enrollment: 100 (estimated) → 96 (actual)\n" in out
     assert "No change since the last stored record" in run("check", TARGET).stdout
 
 
@@ -88,6 +88,7 @@ def test_changes_filters_and_json_shape(run: Runner, fake: FakeRegistry) -> None
     run("sync")
     everything = json.loads(run("changes", "--json").stdout)
     assert {"id", "nct_id", "kind", "field", "old", "new", "detected_at", "watches"} <= set(everything[0])
+    assert all(c["effective_date"] is None and c["registry_version"] is None for c in everything)  # not replayed
     only = json.loads(run("changes", "--json", "--nct", "NCT90000001").stdout)
     assert [(c["old"], c["new"]) for c in only] == [("RECRUITING", "SUSPENDED")]
     assert json.loads(run("changes", "--json", "--since", "2999-01-01").stdout) == []

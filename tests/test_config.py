@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from watcher.cli import cli
-from watcher.config import load_config, parse_duration
+from watcher.config import HistoryMode, int_base_of, load_config, parse_duration
 from watcher.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +31,30 @@ def test_defaults_when_sections_are_missing(tmp_path: Path) -> None:
     assert config.database_path == tmp_path / "watcher.db"
     assert config.outbox_path == tmp_path / "outbox"
     assert config.smtp is None
+    assert config.ctgov.history is HistoryMode.GAPS
+    assert config.ctgov.int_base == "https://clinicaltrials.gov/api/int"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "int_base"),
+    [
+        ("https://clinicaltrials.gov/api/v2", "https://clinicaltrials.gov/api/int"),
+        ("https://www.clinicaltrials.gov/api/v2/", "https://www.clinicaltrials.gov/api/int"),
+        ("http://127.0.0.1:8765/api/v2", "http://127.0.0.1:8765/api/int"),
+        ("https://mirror.example.org/ctgov/v2", "https://mirror.example.org/ctgov/int"),
+        ("https://mirror.example.org/v2", "https://mirror.example.org/int"),
+        ("https://mirror.example.org", "https://mirror.example.org/int"),
+    ],
+)
+def test_the_internal_api_sits_next_to_the_api_v2(base_url: str, int_base: str) -> None:
+    assert int_base_of(base_url) == int_base
+
+
+def test_history_modes(tmp_path: Path) -> None:
+    path = tmp_path / "w.toml"
+    for mode in ("gaps", "always", "off"):
+        path.write_text(f'[ctgov]\nhistory = "{mode}"\n[[watch]]\nname = "w"\nnct_ids = ["NCT01727193"]\n')
+        assert load_config(path).ctgov.history is HistoryMode(mode)
 
 
 BAD = [
@@ -54,6 +78,8 @@ BAD = [
     ('[[watch]]\nname = "a"\nnct_ids = "NCT01727193"\n', 'w.toml: [watch "a"] nct_ids: "NCT01727193" should be a list of strings, not a string'),
     ('[[watch]]\nname = "a"\ncondtion = "x"\n', 'w.toml: [watch "a"] unknown key "condtion" (did you mean "condition"?)'),
     ("[ctgov]\nretries = true\n", "w.toml: [ctgov] retries: true should be an integer, not a boolean"),
+    ('[ctgov]\nhistory = "sometimes"\n', 'w.toml: [ctgov] history: "sometimes" is not one of gaps, always, off'),
+    ("[ctgov]\nhistory = false\n", "w.toml: [ctgov] history: false should be a string, not a boolean"),
     ("watch = 3\n", "w.toml: watch must be written as [[watch]] tables"),
     ("[ctgov\n", "w.toml: not valid TOML: Expected ']' at the end of a table declaration (at line 1, column 7)"),
     ('[web]\nlisten = "127.0.0.1:8080"\n', "w.toml: [web] public_url: is required"),

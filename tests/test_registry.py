@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 import responses
 from responses import matchers
 
 from tests.support.fakeapi import FakeRegistry
 from tests.support.world import record
 from watcher.config import CtgovSettings
-from watcher.errors import RegistryError
-from watcher.registry import Listed, Registry
+from watcher.errors import Cancelled, HistoryUnavailable, RegistryError
+from watcher.registry import Listed, Pacer, Registry
 
 BASE = "https://ctgov.test/api/v2"
 STUDIES = f"{BASE}/studies"
@@ -232,3 +235,138 @@ def test_user_agent_keeps_the_library_token(registry: Registry) -> None:
     assert agent.startswith("python-requests/") and "trial-watcher/" in agent
     contact = Registry(CtgovSettings(base_url=BASE, contact="mailto:me@example.org"))
     assert contact.session.headers["User-Agent"].endswith("(+mailto:me@example.org)")
+
+
+# --- the internal API: version history -----------------------------------------------------
+
+INT = "https://ctgov.test/api/int"
+SAMPLE = json.loads((FIXTURES / "history" / "NCT03690141_int-history-true_2023.json").read_text())
+NCT = "NCT03690141"
+
+
+class FakeClock:
+    """Monotonic time that moves only when the code under test waits (or a fake request takes time)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        self.now += seconds
+        return False
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    """The waits between retries, recorded instead of slept."""
+    return []
+
+
+@pytest.fixture
+def paced(clock: FakeClock, sleeps: list[float]) -> Registry:
+    settings = CtgovSettings(base_url=BASE, retries=3, backoff_s=0.5, timeout_s=5)
+    return Registry(settings, pacer=Pacer(clock=clock, wait=clock.wait), sleep=sleeps.append)
+
+
+def served_at(clock: FakeClock, body: object, latency: float = 0.1, log: list[float] | None = None):  # type: ignore[no-untyped-def]
+    """A `responses` callback noting the (fake) time each request arrives, then taking `latency`."""
+
+    def answer(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        assert log is not None
+        log.append(clock.now)
+        clock.now += latency
+        return 200, {"Content-Type": "application/json"}, json.dumps(body)
+
+    return answer
+
+
+@responses.activate
+def test_the_version_index_and_a_version_come_from_the_internal_api(paced: Registry) -> None:
+    responses.get(f"{INT}/studies/{NCT}/history", json=SAMPLE["history"])
+    responses.get(f"{INT}/studies/{NCT}/history/9", json={"studyVersion": 9, "study": SAMPLE["study"]})
+    index = paced.version_index(NCT)
+    assert len(index) == 10 and index.latest.status == "COMPLETED"
+    assert paced.version(NCT, 9)["protocolSection"]["statusModule"]["overallStatus"] == "COMPLETED"
+    assert paced.traffic.requests == paced.traffic.history_requests == 2
+    assert paced.traffic.history_bytes == sum(len(c.response.content) for c in responses.calls)
+    agent = responses.calls[0].request.headers["User-Agent"]
+    assert agent.startswith("python-requests/") and "trial-watcher/" in agent
+
+
+@responses.activate
+def test_at_most_one_request_a_second_to_the_internal_api(paced: Registry, clock: FakeClock) -> None:
+    arrivals: list[float] = []
+    responses.add_callback("GET", f"{INT}/studies/{NCT}/history", served_at(clock, SAMPLE["history"], log=arrivals))
+    for n in range(4):
+        body = {"studyVersion": n, "study": SAMPLE["study"]}
+        responses.add_callback("GET", f"{INT}/studies/{NCT}/history/{n}", served_at(clock, body, log=arrivals))
+    paced.version_index(NCT)
+    for n in range(4):
+        paced.version(NCT, n)
+    assert len(arrivals) == 5
+    assert all(later - earlier >= 1.0 for earlier, later in itertools.pairwise(arrivals))
+    assert clock.waits == [1.0] * 4  # the first request waits for nothing; each next one a second after an answer
+    responses.get(f"{BASE}/version", json={"dataTimestamp": "2026-11-25T09:00:05"})
+    paced.data_timestamp()
+    paced.data_timestamp()
+    assert len(clock.waits) == 4  # the API v2 is not paced by it
+
+
+def test_the_wait_ends_at_once_when_the_daemon_stops() -> None:
+    stop = threading.Event()
+    pacer = Pacer(interval_s=3600, cancel=stop)
+    pacer.after()
+    stop.set()
+    with pytest.raises(Cancelled):
+        pacer.before()  # returns at once: it waits on the event, not for an hour
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "message"),
+    [
+        (404, "Study not found", "text/plain", "ctgov.test has no version history for this trial (404)"),
+        (403, "<html>Forbidden</html>", "text/html", "ctgov.test refused the request for its version history (403)"),
+        (400, "Invalid nctId", "text/plain", "ctgov.test answered 400 to the request for its version history: Invalid nctId"),
+        (200, "<!DOCTYPE html><html><body>Please enable JavaScript</body></html>", "text/html",
+         "ctgov.test sent a web page instead of its version history"),
+        (200, '{"changes": [', "application/json",
+         "ctgov.test sent its version history in a body that is not complete JSON (application/json, 13 bytes)"),
+        (200, '{"changes": {}}', "application/json",
+         "the registry's version history has an unexpected shape (no list of versions)"),
+    ],
+)  # fmt: skip
+@responses.activate
+def test_history_failures_are_one_line_and_not_retried(
+    paced: Registry, sleeps: list[float], status: int, body: str, content_type: str, message: str
+) -> None:
+    responses.get(f"{INT}/studies/{NCT}/history", status=status, body=body, content_type=content_type)
+    with pytest.raises(HistoryUnavailable) as err:
+        paced.version_index(NCT)
+    assert str(err.value) == f"{NCT}: {message}"
+    assert isinstance(err.value, RegistryError) and len(responses.calls) == 1 and sleeps == []
+
+
+@responses.activate
+def test_a_version_that_is_not_the_one_asked_for_is_refused(paced: Registry) -> None:
+    responses.get(f"{INT}/studies/{NCT}/history/3", json={"studyVersion": 4, "study": SAMPLE["study"]})
+    with pytest.raises(HistoryUnavailable, match=r"asked for version 3, got version 4"):
+        paced.version(NCT, 3)
+
+
+@responses.activate
+def test_the_internal_api_down_is_history_unavailable(paced: Registry, sleeps: list[float]) -> None:
+    responses.get(f"{INT}/studies/{NCT}/history", body=requests.exceptions.ConnectionError("Connection refused"))
+    with pytest.raises(
+        HistoryUnavailable,
+        match=r"its version history could not be read: ctgov.test did not answer after \d tries \(connection refused\)",
+    ):
+        paced.version_index(NCT)

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from tests.support.postgres import PostgresServer
 from tests.support.smtp import SmtpServer
 from tests.support.world import TARGET
 from tests.test_daemon import Daemon, wait_for
-from watcher import db, schema, store
+from watcher import db, present, schema, store
+from watcher.changes import Change, ChangeKind
+from watcher.history import Version, VersionIndex
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = schema.head()
@@ -347,3 +350,61 @@ def test_a_standby_daemon_takes_over_when_the_leader_is_killed(
     assert code == 0 and "Traceback" not in standby.output
     measured(f"daemon: kill -9 of the leader to the standby's first sync: {took:.2f} s")
     assert took < 30
+
+
+# --- the registry's versions -----------------------------------------------------------------
+
+
+def version_index(*dates: str, labels: tuple[str, ...] | None = ("Study Status",)) -> VersionIndex:
+    return VersionIndex(TARGET, tuple(Version(n, d, "RECRUITING", labels) for n, d in enumerate(dates)))
+
+
+@pytest.mark.both_backends
+def test_versions_are_stored_once_and_kept_while_the_registry_agrees(database: ScratchDatabase, tmp_path: Path) -> None:
+    opened = store.Store(db.parse_database(database.engine_url))
+    now = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    record = {"protocolSection": {"identificationModule": {"nctId": TARGET, "briefTitle": "Ünïcode title"}}}
+    try:
+        index = version_index("2012-11-14", "2013-02-01", "2014-05-20", labels=None)
+        with opened.write() as session:
+            store.save_version_index(session, index, now)
+            store.save_version(session, TARGET, index.versions[0], record, now)
+            store.save_version(session, TARGET, index.versions[2], {**record, "hasResults": True}, now)
+        with opened.read() as session:
+            assert store.fetched_versions(session, TARGET) == {0, 2}
+            assert store.load_versions(session, TARGET, [0, 1, 2]) == {0: record, 2: {**record, "hasResults": True}}
+        # the same index again, then one whose version 2 has another date and which lost version 3
+        with opened.write() as session:
+            store.save_version_index(session, version_index("2012-11-14", "2013-02-01", "2014-05-20"), now)
+        with opened.read() as session:
+            assert store.fetched_versions(session, TARGET) == {0, 2}
+        with opened.write() as session:
+            store.save_version_index(session, version_index("2012-11-14", "2013-02-01", "2014-06-02"), now)
+        with opened.read() as session:
+            assert store.fetched_versions(session, TARGET) == {0}  # version 2 is fetched again
+        with opened.write() as session:
+            store.save_version_index(session, version_index("2012-11-14"), now)
+        assert database.rows("select version, submitted, status from registryversion") == [
+            (0, "2012-11-14", "RECRUITING")
+        ]
+    finally:
+        opened.close()
+
+
+@pytest.mark.both_backends
+def test_a_replayed_change_keeps_its_version_date_and_number(database: ScratchDatabase) -> None:
+    opened = store.Store(db.parse_database(database.engine_url))
+    now = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    change = Change(TARGET, ChangeKind.CHANGED, "protocolSection.statusModule.overallStatus", "RECRUITING", "COMPLETED")
+    try:
+        with opened.write() as session:
+            store.add_change(session, change, ["w"], now, None, effective_date="2026-11-20", registry_version=13)
+            store.add_change(session, change, ["w"], now, None)
+        with opened.read() as session:
+            first, second = store.query_changes(session)
+        assert (first.effective_date, first.registry_version) == ("2026-11-20", 13)
+        assert (second.effective_date, second.registry_version) == (None, None)
+        shown = present.change_json(first, {TARGET: "A title"})
+        assert (shown["effective_date"], shown["registry_version"]) == ("2026-11-20", 13)
+    finally:
+        opened.close()

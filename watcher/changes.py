@@ -52,3 +52,6 @@ class LoggedChange(Change):
     id: int
     detected_at: datetime
     watches: tuple[str, ...] = ()
+    # set when the change was replayed from the registry's version history
+    effective_date: str | None = None  # YYYY-MM-DD: the date of the version that made it
+    registry_version: int | None = None  # that version's number

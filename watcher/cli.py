@@ -188,7 +188,7 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
 
 
 @contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+def _progress(enabled: bool, label: str = "fetching updated records") -> Iterator[Callable[[int, int], None] | None]:
     """A progress bar on stderr when it is a terminal; nothing otherwise."""
     if not enabled or not sys.stderr.isatty():
         yield None
@@ -197,7 +197,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
-        TextColumn("fetching updated records"),
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -353,10 +353,23 @@ def show(app: App, nct_ids: tuple[str, ...], as_json: bool) -> None:
 
 @cli.command()
 @click.argument("nct_id", metavar="NCT_ID")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array for scripts.")
+@click.option(
+    "--registry", "from_registry", is_flag=True,
+    help="The whole story since first registration, from the registry's version history.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
-def history(app: App, nct_id: str, as_json: bool) -> None:
-    """A trial's change timeline, as recorded here."""
+def history(app: App, nct_id: str, from_registry: bool, as_json: bool) -> None:
+    """A trial's change timeline, as recorded here; with --registry, its whole story from the registry.
+
+    \b
+    --registry reads the registry's version history (an internal API of the website, one
+    request a second): its index, then each version that may touch a tracked field. Versions
+    are stored, so the next call costs one request. Dates are submission dates.
+    """
+    if from_registry:
+        _registry_history(app, nct_id, as_json)
+        return
     from watcher.store import query_changes, study_rows
 
     [nct] = _nct_ids([nct_id])
@@ -379,6 +392,20 @@ def history(app: App, nct_id: str, as_json: bool) -> None:
         echo(f"  {c.detected_at:%Y-%m-%d}  {describe(c).text}")
     if not found:
         echo("  no change recorded since")
+
+
+def _registry_history(app: App, nct_id: str, as_json: bool) -> None:
+    from watcher.versions import check_enabled, registry_history
+
+    [nct] = _nct_ids([nct_id])
+    check_enabled(app.config)
+    store = app.store
+    with app.registry() as registry, _progress(not as_json, "reading registry versions") as progress:
+        story = registry_history(store, registry, nct, progress=progress)
+    if as_json:
+        _print_json(present.registry_history_json(story))
+    else:
+        echo(present.format_registry_history(story))
 
 
 # --- digests ---------------------------------------------------------------------------

@@ -302,6 +302,31 @@ class Security(StrEnum):
 DEFAULT_PORTS = {Security.STARTTLS: 587, Security.SSL: 465, Security.NONE: 25}
 
 
+class HistoryMode(StrEnum):
+    """When a sync asks the registry's internal history routes for the versions of a study."""
+
+    GAPS = "gaps"  # only when versions can have been missed since the last good sync
+    ALWAYS = "always"  # for every study that changed
+    OFF = "off"  # never; `watcher history --registry` is refused too
+
+
+def int_base_of(base_url: str) -> str:
+    """The registry's internal API next to its API v2: `…/api/v2` → `…/api/int`.
+
+    Any other base URL loses its last path segment for `int` (`https://mirror.example/ct/v2` →
+    `https://mirror.example/ct/int`); a base URL without a path gets `/int` appended.
+    """
+    url = base_url.rstrip("/")
+    scheme, _, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    if not slash:
+        return f"{url}/int"
+    if path == "api/v2" or path.endswith("/api/v2"):
+        return url[: -len("v2")] + "int"
+    head, _, _last = path.rpartition("/")
+    return f"{scheme}://{host}/{head + '/' if head else ''}int"
+
+
 @dataclass(frozen=True)
 class CtgovSettings:
     base_url: str = field(default=DEFAULT_BASE_URL, metadata=_check(_http_url))
@@ -312,6 +337,12 @@ class CtgovSettings:
     max_wait_s: float = field(default=120.0, metadata=_check(_positive))
     # appended to the HTTP library's own User-Agent, e.g. "mailto:you@example.org"
     contact: str | None = field(default=None, metadata=_check(_text))
+    history: HistoryMode = field(default=HistoryMode.GAPS, metadata=_check(_member(HistoryMode)))
+
+    @property
+    def int_base(self) -> str:
+        """The internal API the website's "History of Changes" tab reads (see `int_base_of`)."""
+        return int_base_of(self.base_url)
 
 
 @dataclass(frozen=True)

@@ -36,3 +36,9 @@ class DeliveryError(WatcherError):
 
 class Cancelled(WatcherError):
     """The daemon is stopping: the job in flight gives up (its transaction rolls back)."""
+
+
+class HistoryUnavailable(RegistryError):
+    """The registry's version history (its internal API, not a contract) could not be used:
+    refused, missing, rate limited, or not of the expected shape. Callers fall back to a plain
+    diff; the message is one line with the reason."""

@@ -77,6 +77,23 @@ class ChangeEntry(SQLModel, table=True):
     site_json: str | None = None
     detected_at: datetime = Field(index=True)
     run_id: int | None = Field(default=None, foreign_key="syncrun.id")
+    # when replayed from the registry's version history: the version's date (YYYY-MM-DD) and number
+    effective_date: str | None = None
+    registry_version: int | None = None
+
+
+class RegistryVersion(SQLModel, table=True):
+    """One version of a study as the registry keeps it: its entry in the version index, and its
+    record once fetched. Versions never change, so a stored record is never fetched again."""
+
+    nct_id: str = Field(primary_key=True)
+    version: int = Field(primary_key=True)  # from 0, without gaps
+    submitted: str  # YYYY-MM-DD: the version's date (submitted, not posted)
+    status: str | None = None  # its overall status, as the index says
+    module_labels: str | None = None  # JSON list of the index's moduleLabels; None when it gave none
+    record: bytes | None = None  # zlib-compressed canonical JSON, as snapshot.record; None until fetched
+    listed_at: datetime  # when the index was last read with this entry
+    fetched_at: datetime | None = None
 
 
 class ChangeWatch(SQLModel, table=True):

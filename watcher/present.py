@@ -10,16 +10,19 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from watcher.changes import LoggedChange
+from watcher.changes import Change, LoggedChange
 from watcher.clock import iso
+from watcher.fields import status_label
 from watcher.states import RunOutcome
-from watcher.wording import describe, describe_all, facts
+from watcher.wording import describe, describe_all, facts, history_url
 
 if TYPE_CHECKING:
     from watcher.check import CheckedStudy
     from watcher.dbcopy import CopyReport
+    from watcher.history import Version
     from watcher.schema import SchemaStatus, UpgradeReport
     from watcher.sync import SyncReport
+    from watcher.versions import RegistryHistory
 
 
 def size(n: int) -> str:
@@ -160,6 +163,8 @@ def change_json(change: LoggedChange, titles: dict[str, str | None]) -> dict[str
         "watches": list(change.watches),
         "title": titles.get(change.nct_id),
         "summary": describe(change).text,
+        "effective_date": change.effective_date,
+        "registry_version": change.registry_version,
     }
 
 
@@ -168,6 +173,96 @@ def format_changes(found: Sequence[LoggedChange], titles: dict[str, str | None])
     for c in found:
         watches = f"  [{', '.join(c.watches)}]" if c.watches else ""
         lines.append(f"#{c.id:<5} {c.detected_at:%Y-%m-%d %H:%M}  {c.nct_id}  {describe(c).text}{watches}")
+    return "\n".join(lines)
+
+
+# --- the registry's version history ------------------------------------------------------
+
+
+def registry_history_json(story: RegistryHistory) -> dict[str, Any]:
+    """`watcher history NCT… --registry --json`: the status timeline and every version's changes."""
+    told = story.timeline
+    first = told.index.versions[0]
+    return {
+        "nct_id": story.nct_id,
+        "title": story.title,
+        "url": history_url(story.nct_id),
+        "versions": len(told.index),
+        "first_submitted": first.date,
+        "dates": "submission",  # a version's date is when it was submitted, usually days before it was posted
+        "first": {"version": 0, "date": first.date, "status": first.status, "summary": told.first},
+        "statuses": [
+            {"version": p.version, "date": p.date, "status": p.status, "label": status_label(p.status)}
+            for p in told.statuses
+        ],
+        "events": [
+            {
+                "version": e.version.number,
+                "date": e.version.date,
+                "summary": [line.text for line in e.lines],
+                "changes": [_version_change_json(c, e.version, story.title) for c in e.changes],
+            }
+            for e in told.events
+        ],
+        "requests": story.requests,
+        "fetched": story.fetched,
+        "from_store": story.from_store,
+    }
+
+
+def _wrap(text: str, margin: str, width: int = 104) -> list[str]:
+    """One worded change on lines of at most `width`, continued two spaces further in."""
+    return textwrap.wrap(text, width, initial_indent=margin, subsequent_indent=margin + "  ") or [margin]
+
+
+def _version_change_json(change: Change, version: Version, title: str) -> dict[str, Any]:
+    """A change a version made, shaped like a `watcher changes --json` item (less id, detected_at, watches)."""
+    return {
+        "nct_id": change.nct_id,
+        "kind": change.kind.value,
+        "field": change.path,
+        "old": change.old,
+        "new": change.new,
+        "site": change.site,
+        "title": title,
+        "summary": describe(change).text,
+        "effective_date": version.date,
+        "registry_version": version.number,
+    }
+
+
+def format_registry_history(story: RegistryHistory) -> str:
+    """The trial's story, one version a block: its date, number and what it changed."""
+    told = story.timeline
+    first = told.index.versions[0]
+    title = textwrap.wrap(story.title, 90) or [""]
+    lines = [f"{story.nct_id}  {title[0]}"] + [f"{'':13}{t}" for t in title[1:]]
+    count = len(told.index)
+    lines.append(
+        f"  {plural(count, 'registry version')} since {first.date} (dates are submission dates, "
+        "usually a few days before posting)"
+    )
+    lines.append("")
+    width = len(f"v{told.index.latest.number}") + 2
+    rows = [(first.date, 0, [told.first])]
+    for event in told.events:
+        texts = [line.text + (f' ("{line.quote}")' if line.quote else "") for line in event.lines]
+        rows.append((event.version.date, event.version.number, texts))
+    margin = " " * (14 + width)
+    for day, number, texts in rows:
+        wrapped = [part for text in texts for part in _wrap(text, margin)]
+        lines.append(f"  {day}  {f'v{number}':<{width}}{wrapped[0].lstrip()}")
+        lines += wrapped[1:]
+    if not told.events:
+        lines.append(f"  {'':10}  {'':<{width}}no change to the tracked fields since")
+    lines.append("")
+    if story.fetched:
+        cost = f"the index and {plural(story.fetched, 'version')}, now stored"
+    else:
+        cost = "the index"
+    stored = f"; {plural(story.from_store, 'version')} read from the store" if story.from_store else ""
+    lines.append(f"  {plural(story.requests, 'request')} ({cost}){stored}")
+    lines.append(f"  {history_url(story.nct_id)}")
     return "\n".join(lines)
 
 

@@ -6,6 +6,11 @@ and connection errors. Every retry is one log line naming the host and the reaso
 line. Each request has a total deadline, so a body that trickles in cannot hold a sync. Waits
 end at once when the run is cancelled. Redirects are followed only on the same scheme and
 host. Bodies that are not complete JSON of the expected shape are errors, never data.
+
+Besides the API v2 it reads the registry's version history on its internal API (`/api/int`,
+undocumented, not a contract), strictly one request at a time and at most one a second (the
+site's robots rules ask for a crawl delay of 1 s, and that API answers 429 to more). Any
+failure there is a `HistoryUnavailable`, so that callers can fall back to a plain diff.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from urllib3.util.retry import Retry
 from watcher import __version__
 from watcher.config import CtgovSettings
 from watcher.differ import get_path
-from watcher.errors import Cancelled, RegistryError
+from watcher.errors import Cancelled, HistoryUnavailable, RegistryError
+from watcher.history import VersionIndex, parse_index, parse_version
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,8 @@ IDS_PER_REQUEST = 250
 MAX_PAGES = 2000
 MAX_REDIRECTS = 5
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+# /api/int: at most one request a second (robots.txt: Crawl-delay: 1), never two at once
+INT_INTERVAL_S = 1.0
 
 LISTING_FIELDS = "NCTId,LastUpdatePostDate"
 ID_LISTING_FIELDS = "NCTId,NCTIdAlias,LastUpdatePostDate"
@@ -55,8 +63,10 @@ class Listed:
 
 @dataclass
 class Traffic:
-    requests: int = 0
+    requests: int = 0  # every request, retries included
     bytes: int = 0
+    history_requests: int = 0  # of those, to the internal history API
+    history_bytes: int = 0
 
 
 def host_label(base_url: str) -> str:
@@ -86,14 +96,20 @@ class _Watch:
 
 class _Retry(Retry):
     """urllib3's Retry, counting each retry into the traffic, saying why it retries, capping
-    Retry-After and sleeping so that a cancel ends the wait at once."""
+    Retry-After and sleeping so that a cancel ends the wait at once. For the internal API it
+    never retries sooner than `min_backoff_s` (urllib3 retries the first time at once)."""
 
     watch: _Watch | None = None
+    internal_api: bool = False
+    min_backoff_s: float = 0.0
 
     def new(self, **kw: Any) -> _Retry:
         fresh = super().new(**kw)
-        fresh.watch = self.watch
+        fresh.watch, fresh.internal_api, fresh.min_backoff_s = self.watch, self.internal_api, self.min_backoff_s
         return fresh
+
+    def get_backoff_time(self) -> float:
+        return max(super().get_backoff_time(), self.min_backoff_s)
 
     def increment(self, *args: Any, **kwargs: Any) -> _Retry:
         fresh = super().increment(*args, **kwargs)  # raises once retries are used up
@@ -101,6 +117,8 @@ class _Retry(Retry):
         if watch is None:
             return fresh
         watch.traffic.requests += 1
+        if self.internal_api:
+            watch.traffic.history_requests += 1
         response = kwargs.get("response") if "response" in kwargs else (args[2] if len(args) > 2 else None)
         error = kwargs.get("error") if "error" in kwargs else (args[3] if len(args) > 3 else None)
         wait = fresh.get_retry_after(response) if response is not None else None
@@ -139,6 +157,47 @@ def _reason_of(response: Any, error: Exception | None) -> str:
     return _reason(error) if error is not None else "failed"
 
 
+Wait = Callable[[float], bool]  # wait up to this many seconds; True when told to stop meanwhile
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
+class Pacer:
+    """At most one request every `interval_s` seconds, counted from the end of the previous
+    answer (so retries inside a request count too). The wait ends early, with `Cancelled`,
+    when the daemon stops. Tests inject `clock` and `wait`."""
+
+    def __init__(
+        self,
+        interval_s: float = INT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        wait: Wait | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.wait: Wait = wait or (cancel.wait if cancel is not None else _sleep)
+        self._last: float | None = None
+
+    def before(self) -> None:
+        if self._last is None:
+            return
+        remaining = self._last + self.interval_s - self.clock()
+        if remaining > 0 and self.wait(remaining):
+            raise Cancelled("stopping: no further requests")
+
+    def after(self) -> None:
+        self._last = self.clock()
+
+
+def int_pacer(cancel: threading.Event | None = None) -> Pacer:
+    """The pacing of the internal API (tests replace this to inject time)."""
+    return Pacer(INT_INTERVAL_S, cancel=cancel)
+
+
 def user_agent(contact: str | None) -> str:
     # Keep the library's own token: the registry's edge rejects spoofed agents.
     agent = f"{requests.utils.default_user_agent()} trial-watcher/{__version__}"
@@ -151,34 +210,47 @@ class Registry:
         settings: CtgovSettings,
         cancel: threading.Event | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        pacer: Pacer | None = None,
     ) -> None:
         self.settings = settings
         self.cancel = cancel
         self.sleep = sleep  # tests record the waits instead of waiting
         self.base_url = settings.base_url
+        self.int_base = settings.int_base
+        self.pacer = pacer or int_pacer(cancel)
         self.host = host_label(settings.base_url)
         self.traffic = Traffic()
         self.skipped_listings = 0  # entries without a usable NCT ID, skipped
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": user_agent(settings.contact), "Accept": "application/json"})
+        adapter = HTTPAdapter(max_retries=self._retry())
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        # the same session and policy for the internal API, but no retry sooner than its pace allows
+        # (requests picks the adapter with the longest matching prefix)
+        self.session.mount(f"{self.int_base}/", HTTPAdapter(max_retries=self._retry(internal_api=True)))
+
+    def _retry(self, internal_api: bool = False) -> _Retry:
+        retries = self.settings.retries
         retry = _Retry(
-            total=settings.retries,
-            connect=settings.retries,
-            read=settings.retries,
-            status=settings.retries,
+            total=retries,
+            connect=retries,
+            read=retries,
+            status=retries,
             redirect=False,
             status_forcelist=RETRY_STATUSES,
             allowed_methods=frozenset({"GET"}),
-            backoff_factor=settings.backoff_s,
+            backoff_factor=self.settings.backoff_s,
             backoff_max=60,
-            backoff_jitter=settings.backoff_s / 4,
+            backoff_jitter=self.settings.backoff_s / 4,
             respect_retry_after_header=True,
             raise_on_status=False,
         )
-        retry.watch = _Watch(self.traffic, self.host, settings.retries + 1, settings.max_wait_s, cancel, self._wait)
-        adapter = HTTPAdapter(max_retries=retry)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        wait = self.pacer.wait if internal_api else self._wait  # the internal API's retries wait on its pacer's clock
+        retry.watch = _Watch(self.traffic, self.host, retries + 1, self.settings.max_wait_s, self.cancel, wait)
+        retry.internal_api = internal_api
+        retry.min_backoff_s = self.pacer.interval_s if internal_api else 0.0
+        return retry
 
     def _wait(self, seconds: float) -> bool:
         if self.cancel is None:
@@ -270,6 +342,34 @@ class Registry:
             return f"{self.host} refused the request (403): {text}"
         return f"{self.host} rejected the request ({response.status_code}): {text}"
 
+    def get_history_json(self, path: str, nct_id: str, what: str) -> Any:
+        """A body from the internal API, paced; every failure is a one-line `HistoryUnavailable`."""
+        url = f"{self.int_base}/{path.lstrip('/')}"
+        self.pacer.before()
+        before = self.traffic.bytes
+        self.traffic.history_requests += 1
+        try:
+            response = self._get(url, None)
+        except Cancelled:
+            raise
+        except RegistryError as exc:
+            raise HistoryUnavailable(f"{nct_id}: {what} could not be read: {exc}") from None
+        finally:
+            self.pacer.after()
+            self.traffic.history_bytes += self.traffic.bytes - before
+        body = response.content
+        if response.status_code != 200:
+            raise HistoryUnavailable(f"{nct_id}: {_history_error(self.host, response, what)}")
+        kind = response.headers.get("Content-Type", "unknown type")
+        if "html" in kind.lower() or body.lstrip()[:1] == b"<":
+            raise HistoryUnavailable(f"{nct_id}: {self.host} sent a web page instead of {what}")
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise HistoryUnavailable(
+                f"{nct_id}: {self.host} sent {what} in a body that is not complete JSON ({kind}, {len(body)} bytes)"
+            ) from None
+
     # --- endpoints ----------------------------------------------------------------------
 
     def data_timestamp(self) -> str:
@@ -319,6 +419,18 @@ class Registry:
         for batch in _batches(sorted(set(nct_ids)), IDS_PER_REQUEST):
             yield from self.pages({"filter.ids": ",".join(batch)})
 
+    # --- the internal API: version history (not a contract) ------------------------------
+
+    def version_index(self, nct_id: str) -> VersionIndex:
+        """Every version of a study: number, submission date, status, module labels (one request)."""
+        body = self.get_history_json(f"studies/{nct_id}/history", nct_id, "its version history")
+        return parse_index(nct_id, body)
+
+    def version(self, nct_id: str, number: int) -> dict[str, Any]:
+        """The record as it was at version `number`, in the API v2 shape (one request)."""
+        body = self.get_history_json(f"studies/{nct_id}/history/{number}", nct_id, f"version {number}")
+        return parse_version(nct_id, number, body)
+
 
 def _cut(response: requests.Response) -> None:
     """End a read in progress on another thread: shutting the socket down wakes a blocked recv
@@ -329,6 +441,20 @@ def _cut(response: requests.Response) -> None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
     response.close()
+
+
+def _history_error(host: str, response: requests.Response, what: str) -> str:
+    code = response.status_code
+    if code == 404:
+        return f"{host} has no {what.removeprefix('its ')} for this trial (404)"
+    if code == 429:
+        return f"{host} is rate limiting history requests (429) and kept doing so; {what} was not read"
+    if code == 403:
+        return f"{host} refused the request for {what} (403)"
+    if code >= 500:
+        return f"{host} kept answering {code} to the request for {what}"
+    text = " ".join(response.text.split())[:200] or response.reason or ""
+    return f"{host} answered {code} to the request for {what}: {text}".rstrip(": ")
 
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:

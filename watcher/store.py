@@ -26,13 +26,14 @@ from watcher.changes import Change, ChangeKind, LoggedChange
 from watcher.db import BUSY_TIMEOUT_S, Backend, Database
 from watcher.differ import get_path, nct_id_of
 from watcher.errors import StoreError
+from watcher.history import Version, VersionIndex
 from watcher.models import table_of
 from watcher.states import DigestState, RunKind, RunOutcome
 
 T = TypeVar("T")
 # The newest migration (watcher/migrations/versions); a test keeps the two in step. A database
 # at this revision opens without importing Alembic, so reading commands start fast.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 def chunks(items: Iterable[T], size: int = 500) -> Iterator[list[T]]:
@@ -341,7 +342,18 @@ def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def add_change(session: Session, change: Change, watches: Sequence[str], now: datetime, run_id: int | None) -> None:
+def add_change(
+    session: Session,
+    change: Change,
+    watches: Sequence[str],
+    now: datetime,
+    run_id: int | None,
+    *,
+    effective_date: str | None = None,
+    registry_version: int | None = None,
+) -> None:
+    """Log a change. A change replayed from the registry's version history also carries the
+    version's date and number."""
     row = models.ChangeEntry(
         nct_id=change.nct_id,
         kind=change.kind,
@@ -351,6 +363,8 @@ def add_change(session: Session, change: Change, watches: Sequence[str], now: da
         site_json=_dump(change.site),
         detected_at=now,
         run_id=run_id,
+        effective_date=effective_date,
+        registry_version=registry_version,
     )
     session.add(row)
     session.flush()
@@ -400,6 +414,8 @@ def query_changes(
             site=_load(r.site_json),
             detected_at=r.detected_at,
             watches=tuple(links.get(r.id or 0, ())),
+            effective_date=r.effective_date,
+            registry_version=r.registry_version,
         )
         for r in rows
     ]
@@ -407,6 +423,78 @@ def query_changes(
 
 def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+# --- registry versions (the version history) ---------------------------------------------
+
+
+def save_version_index(session: Session, index: VersionIndex, now: datetime) -> None:
+    """Note every entry of a study's version index. Stored records stay (versions never change),
+    unless the registry now gives a version another date: then it is fetched again."""
+    table = table_of(models.RegistryVersion)
+    stored = {
+        number: (submitted, status, labels)
+        for number, submitted, status, labels in session.execute(
+            select(table.c.version, table.c.submitted, table.c.status, table.c.module_labels).where(
+                table.c.nct_id == index.nct_id
+            )
+        )
+    }
+    fresh = []
+    for v in index.versions:
+        row = (v.date, v.status, _dump(list(v.module_labels)) if v.module_labels is not None else None)
+        if v.number not in stored:
+            fresh.append({"nct_id": index.nct_id, "version": v.number, "submitted": row[0], "status": row[1],
+                          "module_labels": row[2], "listed_at": now})  # fmt: skip
+        elif stored[v.number] != row:
+            moved = stored[v.number][0] != v.date
+            values: dict[str, Any] = {"submitted": row[0], "status": row[1], "module_labels": row[2], "listed_at": now}
+            if moved:
+                values.update(record=None, fetched_at=None)
+            session.execute(
+                table.update().where(table.c.nct_id == index.nct_id, table.c.version == v.number).values(**values)
+            )
+    if fresh:
+        session.execute(insert(table), fresh)
+    gone = [n for n in stored if n >= len(index)]
+    if gone:  # the registry lists fewer versions than before: forget the ones it no longer has
+        session.execute(table.delete().where(table.c.nct_id == index.nct_id, table.c.version.in_(gone)))
+
+
+def fetched_versions(session: Session, nct_id: str) -> set[int]:
+    """The versions of a study whose records are stored."""
+    table = table_of(models.RegistryVersion)
+    query = select(table.c.version).where(table.c.nct_id == nct_id, table.c.record.is_not(None))
+    return {number for (number,) in session.execute(query)}
+
+
+def load_versions(session: Session, nct_id: str, numbers: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Stored version records of a study, by number (those not stored are left out)."""
+    table = table_of(models.RegistryVersion)
+    records: dict[int, dict[str, Any]] = {}
+    for batch in chunks(numbers):
+        query = select(table.c.version, table.c.record).where(
+            table.c.nct_id == nct_id, table.c.version.in_(batch), table.c.record.is_not(None)
+        )
+        for number, blob in session.execute(query):
+            records[number] = json.loads(zlib.decompress(blob))
+    return records
+
+
+def save_version(session: Session, nct_id: str, version: Version, record: dict[str, Any], now: datetime) -> None:
+    """Store a fetched version's record (its index entry is written too, if not there yet)."""
+    table = table_of(models.RegistryVersion)
+    labels = _dump(list(version.module_labels)) if version.module_labels is not None else None
+    blob = zlib.compress(canonical(record), 6)
+    statement = upsert(session, table).values(
+        nct_id=nct_id, version=version.number, submitted=version.date, status=version.status,
+        module_labels=labels, record=blob, listed_at=now, fetched_at=now,
+    )  # fmt: skip
+    session.execute(
+        statement.on_conflict_do_update(  # type: ignore[attr-defined]
+            index_elements=[table.c.nct_id, table.c.version], set_={"record": blob, "fetched_at": now}
+        )
+    )
 
 
 # --- sync runs --------------------------------------------------------------------------

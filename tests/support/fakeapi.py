@@ -7,6 +7,13 @@ by an empty one), `/studies/{nctId}` (301 for an alias, text/plain 404), and tex
 for unknown parameters. Switches inject faults: a status on page N, a truncated body,
 429s with Retry-After, latency. Used by the integration tests and by `bench/`.
 
+It also serves the internal history routes the way the real `/api/int` does (shaped after the
+recorded body in tests/fixtures/history): `/api/int/studies/{nct}/history` (the version index:
+versions from 0, submission dates, statuses, module labels) and `…/history/{v}` (`{"studyVersion":
+v, "study": {...}}`, text as HTML like the real versions, where the API v2 gives Markdown). Every
+`edit()` appends a version; `add_version()` and `set_history()` write histories by hand. Faults:
+a status (404, 403, 429, ...), an HTML page, a gap in the version numbers, a wrong shape.
+
 Run it by hand:  python -m tests.support.fakeapi --port 8765 [records.json ...]
 """
 
@@ -14,7 +21,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import html
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -133,6 +142,12 @@ class Faults:
     trickle_s: float = 0.5  # ... waiting this long between pieces
     redirect_next: int = 0  # answer the next N requests with a redirect ...
     redirect_to: str = "http://elsewhere.example/api/v2/version"  # ... to here
+    # the internal history routes: which of them misbehave ("all", "index" or "versions"), and how
+    history_fault_on: str = "all"
+    history_status: int | None = None  # answer this status (404, 403, 429, 503, ...)
+    history_html: bool = False  # answer 200 with a web page instead of JSON
+    history_gap: bool = False  # the index skips a version number
+    history_wrong_shape: bool = False  # the index's changes are an object; a version holds no study
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -142,6 +157,57 @@ class _QuietServer(ThreadingHTTPServer):
 
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
+
+
+@dataclass
+class FakeVersion:
+    """A version of a study in the fake's history: its submission date, record and module labels."""
+
+    date: str
+    record: Record
+    labels: list[str] | None
+
+
+MODULE_LABELS = {
+    "identificationModule": "Study Identification", "statusModule": "Study Status",
+    "sponsorCollaboratorsModule": "Sponsor/Collaborators", "oversightModule": "Oversight",
+    "descriptionModule": "Study Description", "conditionsModule": "Conditions", "designModule": "Study Design",
+    "armsInterventionsModule": "Arms and Interventions", "outcomesModule": "Outcome Measures",
+    "eligibilityModule": "Eligibility", "contactsLocationsModule": "Contacts/Locations",
+    "referencesModule": "References", "ipdSharingStatementModule": "IPD Sharing Statement",
+}  # fmt: skip
+_HTML_FIELDS = (
+    "protocolSection.identificationModule.briefTitle", "protocolSection.identificationModule.officialTitle",
+    "protocolSection.statusModule.whyStopped", "protocolSection.sponsorCollaboratorsModule.leadSponsor.name",
+)  # fmt: skip
+
+
+def labels_between(before: Record, after: Record) -> list[str]:
+    """The module labels the website would show for an update from `before` to `after`."""
+    old, new = before.get("protocolSection", {}), after.get("protocolSection", {})
+    labels = [label for key, label in MODULE_LABELS.items() if old.get(key) != new.get(key)]
+    if before.get("resultsSection") != after.get("resultsSection"):
+        labels.append("Outcome Measures (Results)")
+    return labels
+
+
+def as_html(text: str) -> str:
+    """API v2 Markdown text as a version shows it: escapes undone, then HTML entities."""
+    plain = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text)
+    return html.escape(plain).replace("/", "&#x2F;")
+
+
+def version_body(record: Record) -> Record:
+    """A record as the history routes serve a version: no derivedSection, text as HTML."""
+    study = {k: copy.deepcopy(v) for k, v in record.items() if k != "derivedSection"}
+    for path in _HTML_FIELDS:
+        value = _get(study, path)
+        if isinstance(value, str):
+            _put(study, path, as_html(value))
+    for site in _get(study, "protocolSection.contactsLocationsModule.locations") or []:
+        if isinstance(site, dict) and isinstance(site.get("facility"), str):
+            site["facility"] = as_html(site["facility"])
+    return study
 
 
 @dataclass
@@ -155,13 +221,14 @@ class Served:
 class FakeRegistry:
     def __init__(self, records: Iterable[Record] = (), data_timestamp: str = "2026-11-24T09:00:05") -> None:
         self.records: dict[str, Record] = {}
+        self.histories: dict[str, list[FakeVersion]] = {}
         self._hits_cache: dict[tuple[tuple[str, str], ...], list[Record]] = {}
         for record in records:
             self.put(record)
         self.data_timestamp = data_timestamp
         self.faults = Faults()
         self.log: list[Served] = []
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # admin routes (bench) edit the world while a request holds it
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
@@ -176,19 +243,65 @@ class FakeRegistry:
         self._hits_cache.clear()
 
     def edit(self, study_id: str, change: Callable[[Record], None], bump: bool = True) -> None:
-        """Change a record as a sponsor's update would, bumping lastUpdatePostDate."""
+        """Change a record as a sponsor's update would, bumping lastUpdatePostDate. With `bump`
+        (an update the registry posts) the study's history gains a version."""
         with self.lock:
+            self.history(study_id)
             record = self.records[study_id]
             change(record)
             if bump:
                 self.bump(study_id)
+                self._append_version(study_id)
             self._hits_cache.clear()
 
     def bump(self, study_id: str) -> None:
-        """Administrative churn only: move lastUpdatePostDate one day on."""
+        """Administrative churn only: move lastUpdatePostDate one day on (submitted the day before)."""
         status = self.records[study_id]["protocolSection"].setdefault("statusModule", {})
         struct = status.setdefault("lastUpdatePostDateStruct", {"date": "2026-01-01", "type": "ACTUAL"})
-        struct["date"] = (date.fromisoformat(struct["date"]) + timedelta(days=1)).isoformat()
+        posted = date.fromisoformat(struct["date"]) + timedelta(days=1)
+        struct["date"] = posted.isoformat()
+        status["lastUpdateSubmitDate"] = (posted - timedelta(days=1)).isoformat()
+
+    # --- version histories -----------------------------------------------------------
+
+    def history(self, study_id: str) -> list[FakeVersion]:
+        """The study's versions; one (its record as it is now) until it is first edited."""
+        if study_id not in self.histories:
+            record = self.records[study_id]
+            submitted = _get(record, "protocolSection.statusModule.lastUpdateSubmitDate") or "2020-01-01"
+            self.histories[study_id] = [FakeVersion(submitted, copy.deepcopy(record), [])]
+        return self.histories[study_id]
+
+    def _append_version(self, study_id: str, labels: list[str] | None = None) -> None:
+        versions = self.history(study_id)
+        record = self.records[study_id]
+        submitted = _get(record, "protocolSection.statusModule.lastUpdateSubmitDate")
+        found = labels if labels is not None else labels_between(versions[-1].record, record)
+        versions.append(FakeVersion(submitted, copy.deepcopy(record), found))
+
+    def add_version(
+        self, study_id: str, day: str, change: Callable[[Record], None] | None = None, labels: list[str] | None = None
+    ) -> None:
+        """An update submitted on `day` (posted the day after): the record changes and a version is added.
+        `labels` default to the modules the change touched."""
+        with self.lock:
+            self.history(study_id)
+            record = self.records[study_id]
+            if change is not None:
+                change(record)
+            status = record["protocolSection"].setdefault("statusModule", {})
+            status["lastUpdateSubmitDate"] = day
+            posted = (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+            status["lastUpdatePostDateStruct"] = {"date": posted, "type": "ACTUAL"}
+            self._append_version(study_id, labels)
+            self._hits_cache.clear()
+
+    def set_history(self, study_id: str, versions: list[FakeVersion]) -> None:
+        """A whole history at once; the study's current record becomes the last version's."""
+        with self.lock:
+            self.histories[study_id] = [FakeVersion(v.date, copy.deepcopy(v.record), v.labels) for v in versions]
+            self.records[study_id] = copy.deepcopy(versions[-1].record)
+            self._hits_cache.clear()
 
     def refresh(self, stamp: str | None = None) -> None:
         """The registry's nightly data refresh: a new dataTimestamp."""
@@ -302,6 +415,8 @@ class FakeRegistry:
             return self._studies(params)
         if path.startswith("/api/v2/studies/"):
             return self._study(path.rsplit("/", 1)[1], params)
+        if path.startswith("/api/int/studies/"):
+            return self._history_route(path.removeprefix("/api/int/studies/").split("/"))
         return 404, b"<html><body>404 Not Found</body></html>", {"Content-Type": "text/html"}
 
     @staticmethod
@@ -361,6 +476,48 @@ class FakeRegistry:
             if len(self._hits_cache) > 256:
                 self._hits_cache.pop(next(iter(self._hits_cache)))
         return self._hits_cache[key]
+
+    def _history_route(self, parts: list[str]) -> tuple[int, bytes, dict[str, str]]:
+        if len(parts) not in (2, 3) or parts[1] != "history":
+            return 404, b"<html><body>404 Not Found</body></html>", {"Content-Type": "text/html"}
+        study_id, version = parts[0].upper(), parts[2] if len(parts) == 3 else None
+        faults = self.faults
+        if faults.history_fault_on in ("all", "versions" if version is not None else "index"):
+            if faults.history_status is not None:
+                headers = {"Content-Type": "text/plain"}
+                if faults.history_status == 429 and faults.retry_after is not None:
+                    headers["Retry-After"] = faults.retry_after
+                return faults.history_status, f"Error {faults.history_status}".encode(), headers
+            if faults.history_html:
+                page = b"<!DOCTYPE html><html><head><title>ClinicalTrials.gov</title></head><body>...</body></html>"
+                return 200, page, {"Content-Type": "text/html; charset=utf-8"}
+        if study_id not in self.records:
+            return 404, f"Study not found: {study_id}".encode(), {"Content-Type": "text/plain"}
+        versions = self.history(study_id)
+        if version is None:
+            changes = [
+                {"version": n, "date": v.date, "status": _get(v.record, "protocolSection.statusModule.overallStatus"),
+                 "studyType": _get(v.record, "protocolSection.designModule.studyType"),
+                 "moduleLabels": v.labels, "lastUpdateSubmitQcDate": v.date}
+                for n, v in enumerate(versions)
+            ]  # fmt: skip
+            for entry in changes:
+                if entry["moduleLabels"] is None:
+                    del entry["moduleLabels"]
+            if faults.history_gap and faults.history_fault_on in ("all", "index") and len(changes) > 2:
+                del changes[1]
+            body: Any = {"changes": changes, "originalData": {}, "lastUpdateVersions": {}, "outcomesUpdateCount": 0}
+            if faults.history_wrong_shape and faults.history_fault_on in ("all", "index"):
+                body["changes"] = {str(c["version"]): c for c in changes}
+            return self._json(body)
+        try:
+            number = int(version)
+            found = versions[number]
+        except (ValueError, IndexError):
+            return 404, f"Version not found: {version}".encode(), {"Content-Type": "text/plain"}
+        if faults.history_wrong_shape and faults.history_fault_on in ("all", "versions"):
+            return self._json({"studyVersion": number, "studyData": {}})
+        return self._json({"studyVersion": number, "study": version_body(found.record)})
 
     def _study(self, wanted: str, params: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         wanted = wanted.upper()
