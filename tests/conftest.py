@@ -175,8 +175,9 @@ intervention = "azathioprine"
 """
 
 
-def write_config(folder: Path, base_url: str, watches: str = WATCHES, extra: str = "") -> Path:
-    """A config for the fake registry at `base_url`, on this test's database (see `database`)."""
+def write_config(folder: Path, base_url: str, watches: str = WATCHES, extra: str = "", ctgov: str = "") -> Path:
+    """A config for the fake registry at `base_url`, on this test's database (see `database`);
+    `ctgov` adds lines to its [ctgov] table."""
     current = CURRENT_DATABASE.get()
     url = current.url if current is not None and current.folder == folder else "sqlite:///watcher.db"
     path = folder / "watcher.toml"
@@ -187,7 +188,7 @@ base_url = "{base_url}"
 retries = 2
 backoff_s = 0
 timeout_s = 5
-
+{ctgov}
 [database]
 url = "{url}"
 {watches}

@@ -29,8 +29,11 @@ def edited(base: dict[str, Any], change: Any) -> dict[str, Any]:
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 
 
-def logged(i: int, change: Change) -> LoggedChange:
-    return LoggedChange(**vars(change), id=i, detected_at=NOW, watches=("mg-azathioprine",))
+def logged(i: int, change: Change, on: str | None = None, version: int | None = None) -> LoggedChange:
+    """A logged change; with `on` and `version`, one replayed from the registry's version history."""
+    return LoggedChange(
+        **vars(change), id=i, detected_at=NOW, watches=("mg-azathioprine",), effective_date=on, registry_version=version
+    )
 
 
 def realistic() -> tuple[list[LoggedChange], dict[str, dict[str, Any]]]:
@@ -147,7 +150,7 @@ def test_nothing_to_tell_is_no_digest() -> None:
         logged(1, Change(TARGET, ChangeKind.CHANGED, f"{S}.overallStatus", "UNKNOWN", "COMPLETED")),
         logged(2, Change(TARGET, ChangeKind.CHANGED, f"{S}.overallStatus", "COMPLETED", "UNKNOWN")),
     ]
-    assert merge(back_and_forth) == []
+    assert merge(back_and_forth) == ([], [])
     assert build("a@example.org", "daily", ["w"], back_and_forth, {}, date(2026, 11, 25), "mailto:x") is None
 
 
@@ -156,8 +159,46 @@ def test_successive_changes_read_as_one() -> None:
         logged(1, Change(TARGET, ChangeKind.CHANGED, f"{S}.overallStatus", "RECRUITING", "ACTIVE_NOT_RECRUITING")),
         logged(2, Change(TARGET, ChangeKind.CHANGED, f"{S}.overallStatus", "ACTIVE_NOT_RECRUITING", "COMPLETED")),
     ]
-    [merged] = merge(steps)
+    [merged], [] = merge(steps)
     assert (merged.old, merged.new) == ("RECRUITING", "COMPLETED")
+
+
+def status(i: int, old: str, new: str, on: str, version: int) -> LoggedChange:
+    return logged(i, Change(TARGET, ChangeKind.CHANGED, f"{S}.overallStatus", old, new), on, version)
+
+
+def lines_of(changes: list[LoggedChange]) -> list[str]:
+    digest = build("a@example.org", "daily", ["w"], changes, {}, date(2026, 11, 25), "mailto:x")
+    assert digest is not None
+    return [line.text for t in digest.trials for line in t.lines]
+
+
+def test_a_change_made_and_reverted_between_polls_is_told_with_its_dates() -> None:
+    changes = [
+        status(1, "RECRUITING", "SUSPENDED", "2026-11-03", 7),
+        status(2, "SUSPENDED", "RECRUITING", "2026-11-10", 8),
+        logged(3, Change(TARGET, ChangeKind.CHANGED, "protocolSection.designModule.enrollmentInfo.count", 100, 120),
+               "2026-11-10", 8),
+    ]  # fmt: skip
+    assert lines_of(changes) == [
+        "Status changed to Suspended on 3 Nov 2026, back to Recruiting on 10 Nov 2026",
+        "Enrollment: 100 → 120",
+    ]
+    digest = build("a@example.org", "daily", ["w"], changes, {}, date(2026, 11, 25), "mailto:x")
+    assert digest is not None and "recruiting" not in digest.subject.lower()  # it came back: no status news
+    assert digest.change_ids == (1, 2, 3)
+
+
+def test_successive_replayed_changes_are_each_told_in_order() -> None:
+    changes = [
+        status(1, "RECRUITING", "ACTIVE_NOT_RECRUITING", "2026-11-03", 7),
+        status(2, "ACTIVE_NOT_RECRUITING", "COMPLETED", "2026-11-20", 9),
+    ]
+    assert lines_of(changes) == [
+        "Status changed to Active, not recruiting on 3 Nov 2026, then to Completed on 20 Nov 2026 (was Recruiting)"
+    ]
+    digest = build("a@example.org", "daily", ["w"], changes, {}, date(2026, 11, 25), "mailto:x")
+    assert digest is not None and digest.subject == "1 trial update: NCT01727193 completed"
 
 
 def test_kinds_filter_keeps_only_what_was_asked() -> None:

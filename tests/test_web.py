@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import ScratchDatabase
+from tests.conftest import FakeClock, ScratchDatabase
 from tests.support.fakeapi import FakeRegistry
 from tests.support.web import (
     ALICE,
@@ -22,6 +22,7 @@ from tests.support.web import (
     html_of,
     link,
     mails,
+    page_text,
     site_for,
     text_of,
 )
@@ -84,6 +85,24 @@ def test_trial_page_has_facts_timeline_watches_and_the_registry(site: Site) -> N
     assert text.index("Completed → Terminated") < text.index("Unknown status → Completed")  # newest first
     assert '<a href="/watch/mg-azathioprine">mg-azathioprine</a>' in text
     assert 'href="https://clinicaltrials.gov/study/NCT01727193"' in text
+
+
+def test_trial_page_dates_replayed_changes_and_tells_the_registry_story(site: Site, paced_clock: FakeClock) -> None:
+    site.run("sync")
+    site.fake.add_version("NCT90000001", "2026-11-18", lambda r: r["protocolSection"]["statusModule"].update(
+        overallStatus="SUSPENDED"))  # fmt: skip
+    site.fake.add_version("NCT90000001", "2026-11-21", lambda r: r["protocolSection"]["statusModule"].update(
+        overallStatus="RECRUITING"))  # fmt: skip
+    site.fake.refresh("2026-11-26T09:00:05")  # two days of data at once: the versions missed are replayed
+    site.run("sync")
+    text = page_text(site.client.get("/trial/NCT90000001").text)
+    assert "18 Nov 2026 · registry version 1, found" in text and "21 Nov 2026 · registry version 2, found" in text
+    assert "Status: Recruiting → Suspended" in text and "Status: Suspended → Recruiting" in text
+    assert "Its story in the registry 3 registry versions since " in text  # the index, stored by the sync
+    site.run("history", "NCT90000001", "--registry")  # reads every version: the page tells what each changed
+    text = page_text(site.client.get("/trial/NCT90000001").text)
+    assert "18 Nov 2026 · version 1 Status: Recruiting → Suspended" in text
+    assert "21 Nov 2026 · version 2 Status: Suspended → Recruiting" in text
 
 
 def test_unknown_pages_are_404_pages(site: Site) -> None:

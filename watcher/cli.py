@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from watcher.errors import ConfigError, WatcherError
 
 if TYPE_CHECKING:
     from watcher.registry import Registry
+    from watcher.replay import Progress as PhaseProgress
     from watcher.store import Store
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -188,7 +189,7 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
 
 
 @contextmanager
-def _progress(enabled: bool, label: str = "fetching updated records") -> Iterator[Callable[[int, int], None] | None]:
+def _progress(enabled: bool, label: str = "fetching updated records") -> Iterator[PhaseProgress | None]:
     """A progress bar on stderr when it is a terminal; nothing otherwise."""
     if not enabled or not sys.stderr.isatty():
         yield None
@@ -197,16 +198,18 @@ def _progress(enabled: bool, label: str = "fetching updated records") -> Iterato
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
-        TextColumn(label),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=True,
     ) as bar:
-        task = bar.add_task("fetch", total=None)
+        task = bar.add_task(label, total=None)
 
-        def update(done: int, total: int) -> None:
+        def update(done: int, total: int, phase: str | None = None) -> None:
+            if phase is not None:
+                bar.update(task, description=phase)
             bar.update(task, completed=done, total=total)
 
         yield update
@@ -389,7 +392,11 @@ def history(app: App, nct_id: str, from_registry: bool, as_json: bool) -> None:
     if row is not None:
         echo(f"  {row.first_seen_at:%Y-%m-%d}  first stored")
     for c in found:
-        echo(f"  {c.detected_at:%Y-%m-%d}  {describe(c).text}")
+        if c.effective_date is not None:  # replayed from the registry's history: when it happened there
+            found_on = f"found {c.detected_at:%Y-%m-%d}"
+            echo(f"  {c.effective_date}  {describe(c).text} (registry version {c.registry_version}, {found_on})")
+        else:
+            echo(f"  {c.detected_at:%Y-%m-%d}  {describe(c).text}")
     if not found:
         echo("  no change recorded since")
 

@@ -10,7 +10,7 @@ from typing import Any
 from watcher.changes import Category, Change, ChangeKind, LoggedChange
 from watcher.config import Frequency
 from watcher.fields import HAS_RESULTS, LOCATIONS_PATH, SITE_STATUS_PATH, category_of, status_label
-from watcher.wording import Line, describe_all, facts, history_url, status_of, study_url, title_of
+from watcher.wording import Line, describe_all, describe_story, facts, history_url, status_of, study_url, title_of
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,16 @@ class Rendered:
     html: str
 
 
-def merge(changes: Sequence[LoggedChange]) -> list[LoggedChange]:
-    """Successive changes of one field read as one: A → B → C is A → C; A → B → A is nothing."""
-    merged: dict[tuple[Any, ...], LoggedChange] = {}
+Story = tuple[LoggedChange, ...]  # successive dated changes of one field, in order
+
+
+def merge(changes: Sequence[LoggedChange]) -> tuple[list[LoggedChange], list[Story]]:
+    """Successive changes of one field read as one: A → B → C is A → C; A → B → A is nothing.
+
+    Unless the changes were replayed from the registry's version history (they carry their
+    version's date): then every step is told, in order and with its date, as a story.
+    """
+    groups: dict[tuple[Any, ...], list[LoggedChange]] = {}
     for change in changes:
         key: tuple[Any, ...]
         if change.kind is ChangeKind.CHANGED and change.path == SITE_STATUS_PATH:
@@ -78,9 +85,19 @@ def merge(changes: Sequence[LoggedChange]) -> list[LoggedChange]:
             key = (change.nct_id, change.path)
         else:
             key = (change.id,)
-        first = merged.get(key)
-        merged[key] = change if first is None else replace(change, old=first.old)
-    return [c for c in merged.values() if c.kind is not ChangeKind.CHANGED or c.old != c.new]
+        groups.setdefault(key, []).append(change)
+    merged: list[LoggedChange] = []
+    stories: list[Story] = []
+    for group in groups.values():
+        if len(group) == 1:
+            merged.append(group[0])
+        elif any(c.effective_date for c in group):
+            stories.append(tuple(group))
+        else:
+            one = replace(group[-1], old=group[0].old)
+            if one.old != one.new:
+                merged.append(one)
+    return merged, stories
 
 
 def _new_trial_summary(record: Mapping[str, Any] | None) -> str:
@@ -103,13 +120,18 @@ def build(
 ) -> Digest | None:
     """The digest for one subscriber, or None when there is nothing to tell."""
     wanted = [c for c in changes if not kinds or category_of(c) in kinds]
+    merged, stories = merge(wanted)
     by_trial: dict[str, list[LoggedChange]] = {}
-    for change in merge(wanted):
+    told: dict[str, list[Line]] = {}
+    for change in merged:
         by_trial.setdefault(change.nct_id, []).append(change)
+    for story in stories:
+        by_trial.setdefault(story[0].nct_id, [])
+        told.setdefault(story[0].nct_id, []).append(describe_story(story, [c.effective_date for c in story]))
     trials: list[TrialUpdate] = []
     for nct_id, items in by_trial.items():
         record = records.get(nct_id) or {}
-        lines = describe_all(items)
+        lines = sorted([*describe_all(items), *told.get(nct_id, [])], key=lambda line: line.rank)
         if not lines:
             continue
         new_trial = any(c.kind is ChangeKind.NEW_STUDY for c in items)
@@ -149,7 +171,8 @@ def _count(lines: Sequence[Line], kind: ChangeKind, path: str | None, new: objec
 def subject_for(trials: Sequence[TrialUpdate]) -> str:
     """One line that says the most important things first, built from the lines' facts."""
     parts: list[str] = []
-    statuses = [(t.nct_id, line.new) for t in trials for line in t.lines if line.is_status]
+    # a status that changed and came back between two polls is told in the digest, not here
+    statuses = [(t.nct_id, line.new) for t in trials for line in t.lines if line.is_status and line.old != line.new]
     parts += [f"{nct_id} {status_label(status).lower()}" for nct_id, status in statuses[:2]]
     if len(statuses) > 2:
         parts.append(f"{len(statuses) - 2} more status changes")

@@ -41,4 +41,12 @@ class Cancelled(WatcherError):
 class HistoryUnavailable(RegistryError):
     """The registry's version history (its internal API, not a contract) could not be used:
     refused, missing, rate limited, or not of the expected shape. Callers fall back to a plain
-    diff; the message is one line with the reason."""
+    diff; the message is one line with the reason.
+
+    `study_only` when the trouble is with this study's history alone (none kept for it, an
+    unexpected body): a sync goes on asking for the others. Otherwise the service itself is
+    refusing, rate limiting or down, and a sync stops asking until the next one."""
+
+    def __init__(self, message: str, study_only: bool = False) -> None:
+        super().__init__(message)
+        self.study_only = study_only

@@ -67,7 +67,9 @@ class VersionIndex:
 
 
 def _unexpected(nct_id: str, reason: str) -> HistoryUnavailable:
-    return HistoryUnavailable(f"{nct_id}: the registry's version history has an unexpected shape ({reason})")
+    return HistoryUnavailable(
+        f"{nct_id}: the registry's version history has an unexpected shape ({reason})", study_only=True
+    )
 
 
 def _shown(value: Any) -> str:
@@ -311,6 +313,12 @@ def asks_for_history(mode: HistoryMode, previous_stamp: str | None, current_stam
 # --- which version a stored record is ---------------------------------------------------------
 
 
+def submitted_on(record: Mapping[str, Any]) -> str | None:
+    """A record's `lastUpdateSubmitDate`: the date of the version it is."""
+    submitted = get_path(record, ("protocolSection", "statusModule", "lastUpdateSubmitDate"))
+    return submitted if isinstance(submitted, str) else None
+
+
 def version_of(index: VersionIndex, record: Mapping[str, Any]) -> Version | None:
     """The version a stored API v2 record is, or None when none matches.
 
@@ -319,10 +327,79 @@ def version_of(index: VersionIndex, record: Mapping[str, Any]) -> Version | None
     date, the lowest-numbered one is returned: replaying from it can only re-find content the
     record already holds (which diffs to nothing), never skip a change.
     """
-    submitted = get_path(record, ("protocolSection", "statusModule", "lastUpdateSubmitDate"))
-    if not isinstance(submitted, str):
-        return None
-    return next((v for v in index.versions if v.date == submitted), None)
+    submitted = submitted_on(record)
+    return next((v for v in index.versions if v.date == submitted), None) if submitted else None
+
+
+def latest_version_of(index: VersionIndex, record: Mapping[str, Any]) -> Version | None:
+    """The version a freshly fetched record is: as `version_of`, but the highest-numbered of the
+    versions sharing its date (the record is the newest of them)."""
+    submitted = submitted_on(record)
+    return next((v for v in reversed(index.versions) if v.date == submitted), None) if submitted else None
+
+
+# --- replaying the versions missed between two polls -----------------------------------------
+
+# The most version records one sync reads; the rest wait for the next sync.
+VERSIONS_PER_SYNC = 200
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """How to tell what happened to a study between the stored record and the fetched one."""
+
+    index: VersionIndex
+    anchor: Version  # the version the stored record is
+    target: Version  # the version the fetched record is
+    between: tuple[int, ...]  # the versions in between worth reading, by number
+
+    @property
+    def nct_id(self) -> str:
+        return self.index.nct_id
+
+
+def plan_replay(index: VersionIndex, stored: Mapping[str, Any], fetched: Mapping[str, Any]) -> ReplayPlan:
+    """Which versions lie between a stored record and a fresh one. Raises HistoryUnavailable
+    (for this study only) when the index does not hold both."""
+    nct_id = index.nct_id
+    anchor, target = version_of(index, stored), latest_version_of(index, fetched)
+    if anchor is None:
+        raise HistoryUnavailable(
+            f"{nct_id}: the registry's version history has no version submitted on {submitted_on(stored)} "
+            "(the stored record)",
+            study_only=True,
+        )
+    if target is None or target.number < anchor.number:
+        raise HistoryUnavailable(
+            f"{nct_id}: the registry's version history has no version submitted on {submitted_on(fetched)} "
+            "(the record just fetched) after the stored one",
+            study_only=True,
+        )
+    between = tuple(n for n in versions_to_fetch(index, after=anchor.number) if n < target.number)
+    return ReplayPlan(index, anchor, target, between)
+
+
+def replay(stored: Record, steps: Sequence[tuple[Version, Record]]) -> list[tuple[Version, list[Change]]]:
+    """What each version changed, in order: the stored record against the first version read,
+    then each against the next; the last step is the fetched record itself, as its version.
+    A version not read touched no tracked field, so a change belongs to the next version read."""
+    told: list[tuple[Version, list[Change]]] = []
+    before = stored
+    for version, record in steps:
+        told.append((version, diff_versions(before, record)))
+        before = record
+    return told
+
+
+def replay_pending(versions: Sequence[Version], stored: Mapping[str, Any]) -> bool:
+    """Whether versions after a stored record are already known (stored from an earlier sync
+    that left the study for later, or from `history --registry`): then its next change is
+    replayed whatever the history mode."""
+    if not versions:
+        return False
+    ordered = tuple(sorted(versions, key=lambda v: v.number))
+    anchor = version_of(VersionIndex("", ordered), stored)
+    return anchor is not None and ordered[-1].number > anchor.number
 
 
 # --- the story -------------------------------------------------------------------------------

@@ -77,12 +77,39 @@ def format_sync_report(report: SyncReport) -> str:
         lines.append(
             f"! {plural(report.skipped_listings, 'listing entry', 'listing entries')} without an NCT ID skipped"
         )
+    lines += _history_lines(report)
     traffic = f"{plural(report.requests, 'request')} ({size(report.bytes)})"
     summary = f"{plural(report.changes, 'change')} recorded in {traffic} in {report.seconds:.1f} s."
     if report.changes:
         summary += "  See them: watcher changes --since today"
     lines.append(summary)
     return "\n".join(lines)
+
+
+def _history_lines(report: SyncReport) -> list[str]:
+    """What the sync did with the registry's version history, when it asked for it."""
+    told = report.history
+    lines = []
+    if told.replayed:
+        read = f"{plural(told.fetched, 'version')} read" + (
+            f", {told.from_store:,} from the store" if told.from_store else ""
+        )
+        lines.append(
+            f"Registry history: {plural(told.replayed, 'trial')} told version by version, "
+            f"{plural(told.dated, 'change')} dated ({read})"
+        )
+    if told.deferred:
+        waiting = plural(len(told.deferred), "trial")
+        lines.append(
+            f"! {waiting} left for the next sync: {told.fetched:,} versions read, the most one sync reads "
+            "(what was read is kept)"
+        )
+    for reason in told.fallbacks:
+        lines.append(f"! {reason}; its changes were found by comparing records")
+    if told.stopped:
+        skipped = plural(told.plain - len(told.fallbacks), "trial")
+        lines.append(f"! {told.stopped}; for {skipped}, changes were found by comparing records")
+    return lines
 
 
 def checked_json(study: CheckedStudy) -> dict[str, Any]:
@@ -172,7 +199,10 @@ def format_changes(found: Sequence[LoggedChange], titles: dict[str, str | None])
     lines = []
     for c in found:
         watches = f"  [{', '.join(c.watches)}]" if c.watches else ""
-        lines.append(f"#{c.id:<5} {c.detected_at:%Y-%m-%d %H:%M}  {c.nct_id}  {describe(c).text}{watches}")
+        version = (
+            f" (registry version {c.registry_version} of {c.effective_date})" if c.registry_version is not None else ""
+        )
+        lines.append(f"#{c.id:<5} {c.detected_at:%Y-%m-%d %H:%M}  {c.nct_id}  {describe(c).text}{version}{watches}")
     return "\n".join(lines)
 
 

@@ -359,7 +359,9 @@ class Registry:
             self.traffic.history_bytes += self.traffic.bytes - before
         body = response.content
         if response.status_code != 200:
-            raise HistoryUnavailable(f"{nct_id}: {_history_error(self.host, response, what)}")
+            raise HistoryUnavailable(
+                f"{nct_id}: {_history_error(self.host, response, what)}", study_only=response.status_code == 404
+            )
         kind = response.headers.get("Content-Type", "unknown type")
         if "html" in kind.lower() or body.lstrip()[:1] == b"<":
             raise HistoryUnavailable(f"{nct_id}: {self.host} sent a web page instead of {what}")
@@ -367,7 +369,8 @@ class Registry:
             return json.loads(body)
         except ValueError:
             raise HistoryUnavailable(
-                f"{nct_id}: {self.host} sent {what} in a body that is not complete JSON ({kind}, {len(body)} bytes)"
+                f"{nct_id}: {self.host} sent {what} in a body that is not complete JSON ({kind}, {len(body)} bytes)",
+                study_only=True,
             ) from None
 
     # --- endpoints ----------------------------------------------------------------------

@@ -461,6 +461,34 @@ def save_version_index(session: Session, index: VersionIndex, now: datetime) -> 
         session.execute(table.delete().where(table.c.nct_id == index.nct_id, table.c.version.in_(gone)))
 
 
+def known_versions(session: Session, nct_ids: Iterable[str]) -> dict[str, list[Version]]:
+    """The stored version index entries of these studies (those with none are left out)."""
+    table = table_of(models.RegistryVersion)
+    found: dict[str, list[Version]] = {}
+    for batch in chunks(nct_ids):
+        query = select(table.c.nct_id, table.c.version, table.c.submitted, table.c.status).where(
+            table.c.nct_id.in_(batch)
+        )
+        for nct_id, number, submitted, status in session.execute(query):
+            found.setdefault(nct_id, []).append(Version(number, submitted, status or ""))
+    return found
+
+
+def stored_version_index(session: Session, nct_id: str) -> VersionIndex | None:
+    """A study's version index as last read from the registry, or None when none (or only part
+    of one) is stored."""
+    table = table_of(models.RegistryVersion)
+    query = select(table.c.version, table.c.submitted, table.c.status, table.c.module_labels)
+    rows = session.execute(query.where(table.c.nct_id == nct_id).order_by(table.c.version)).all()
+    if not rows or [number for number, *_ in rows] != list(range(len(rows))):
+        return None
+    versions = tuple(
+        Version(number, submitted, status or "", tuple(_load(labels)) if labels is not None else None)
+        for number, submitted, status, labels in rows
+    )
+    return VersionIndex(nct_id, versions)
+
+
 def fetched_versions(session: Session, nct_id: str) -> set[int]:
     """The versions of a study whose records are stored."""
     table = table_of(models.RegistryVersion)

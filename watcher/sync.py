@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,10 +22,12 @@ from sqlmodel import Session, select
 from watcher import db, models
 from watcher.changes import Change, ChangeKind
 from watcher.clock import Clock, utcnow
-from watcher.config import Config, Watch
+from watcher.config import Config, HistoryMode, Watch
 from watcher.differ import diff, nct_id_of
 from watcher.errors import Cancelled, WatcherError
+from watcher.history import VERSIONS_PER_SYNC, ReplayPlan, asks_for_history, replay, replay_pending, submitted_on
 from watcher.registry import Listed, Registry
+from watcher.replay import HistoryReport, Moved, Progress, ReplayWork, dates_only, gather
 from watcher.runs import close_run, new_run, record_failure
 from watcher.spool import PageSpool
 from watcher.states import RunOutcome
@@ -35,12 +37,16 @@ from watcher.store import (
     add_change,
     clear_rejected,
     forget_watches,
+    known_versions,
     last_good_sync,
     load_records,
+    load_versions,
     memberships,
     note_rejected,
     replace_memberships,
     save_records,
+    save_version,
+    save_version_index,
     set_watch_state,
     stored_last_updates,
     watch_states,
@@ -49,7 +55,6 @@ from watcher.validate import problem
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]  # (studies done, studies to fetch)
 SYNC_WAIT_S = 5.0  # a second sync waits this long for the first, then says so
 
 
@@ -93,6 +98,7 @@ class SyncReport:
     watches: list[WatchReport] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     skipped_listings: int = 0  # listing entries without a usable NCT ID
+    history: HistoryReport = field(default_factory=HistoryReport)  # the registry's version history, if asked
 
 
 @dataclass
@@ -106,20 +112,57 @@ class _Members:
         return {n: Member(n in self.by_id, n in self.by_search) for n in self.by_id | self.by_search}
 
 
+@dataclass
+class _Attribution:
+    """Which watches a study's changes belong to: those that already held it and still do
+    (a watch's first sync is a silent baseline)."""
+
+    watches: Sequence[Watch]
+    baseline: set[str]
+    before: dict[str, dict[str, models.Membership]]
+    after: dict[str, dict[str, Member]]
+
+    def of(self, nct_id: str) -> list[str]:
+        return [
+            w.name
+            for w in self.watches
+            if w.name not in self.baseline and nct_id in self.before[w.name] and nct_id in self.after[w.name]
+        ]
+
+
+def _attribution(session: Session, watches: Sequence[Watch], members: dict[str, _Members]) -> _Attribution:
+    states = watch_states(session)
+    return _Attribution(
+        watches=watches,
+        baseline={w.name for w in watches if w.name not in states or states[w.name].fingerprint != w.fingerprint},
+        before={w.name: memberships(session, w.name) for w in watches},
+        after={w.name: members[w.name].flags() for w in watches},
+    )
+
+
 def run_sync(
-    config: Config, store: Store, registry: Registry, progress: Progress | None = None, clock: Clock = utcnow
+    config: Config,
+    store: Store,
+    registry: Registry,
+    progress: Progress | None = None,
+    clock: Clock = utcnow,
+    history_budget: int = VERSIONS_PER_SYNC,
 ) -> SyncReport:
-    """Poll every watch once. Raises RegistryError (nothing stored) when the registry fails."""
+    """Poll every watch once. Raises RegistryError (nothing stored) when the registry fails.
+
+    `history_budget` caps the version records read from the registry's history in this sync."""
     try:
         with db.exclusive(store.engine, store.database, "sync", wait_s=SYNC_WAIT_S):
-            return _sync(config, store, registry, progress, clock)
+            return _sync(config, store, registry, progress, clock, history_budget)
     except db.LockHeld:
         raise SyncRunning(
             f"a sync is already running on {store.database.display}; nothing was done: try again when it is done"
         ) from None
 
 
-def _sync(config: Config, store: Store, registry: Registry, progress: Progress | None, clock: Clock) -> SyncReport:
+def _sync(
+    config: Config, store: Store, registry: Registry, progress: Progress | None, clock: Clock, history_budget: int
+) -> SyncReport:
     started, started_at = time.monotonic(), clock()
     fingerprint = config.watches_fingerprint
     try:
@@ -143,10 +186,12 @@ def _sync(config: Config, store: Store, registry: Registry, progress: Progress |
             log.debug("%d studies listed, %d to fetch", len(listed), len(to_fetch))
             with PageSpool() as pages:
                 _fetch(registry, to_fetch, pages, progress)
+                work = _read_history(config, store, registry, members, pages, previous, stamp, progress, history_budget)
+                report.history = work.report
                 with store.write() as session:
                     run = new_run(session, started_at, stamp, fingerprint)
                     report.run_id = run.id
-                    _write(session, config.watches, members, missing, pages, report, clock)
+                    _write(session, config.watches, members, missing, pages, work, report, clock)
                     close_run(
                         session, run, report.outcome, registry, clock, sum(w.members for w in report.watches),
                         report.changes,
@@ -175,6 +220,48 @@ def _fetch(registry: Registry, to_fetch: list[str], pages: PageSpool, progress: 
         done += len(page)
         if progress:
             progress(done, len(to_fetch))
+
+
+def _read_history(
+    config: Config,
+    store: Store,
+    registry: Registry,
+    members: dict[str, _Members],
+    pages: PageSpool,
+    previous: str | None,
+    stamp: str,
+    progress: Progress | None,
+    budget: int,
+) -> ReplayWork:
+    """The version history of the studies that moved to a new version, when this sync asks for it:
+    every such study when versions may have been missed since the last good sync (or always,
+    by config), and the studies an earlier sync left for later. A first sync asks nothing."""
+    mode = config.ctgov.history
+    if mode is HistoryMode.OFF or previous is None:
+        return ReplayWork()
+    asking = asks_for_history(mode, previous, stamp)
+    moved: dict[str, Moved] = {}
+    with store.read() as session:
+        who = _attribution(session, config.watches, members)
+        for page in pages:
+            ids = [nct_id_of(r) or "" for r in page]
+            known = known_versions(session, ids)
+            if not asking and not known:
+                continue
+            old_records = load_records(session, ids if asking else list(known))
+            for record in page:
+                nct_id = nct_id_of(record) or ""
+                old = old_records.get(nct_id)
+                if old is None or problem(record) is not None or not who.of(nct_id):
+                    continue
+                if submitted_on(old) == submitted_on(record):
+                    continue  # the same version: nothing can have been missed
+                if asking or replay_pending(known.get(nct_id, []), old):
+                    moved[nct_id] = Moved(dates_only(old), dates_only(record))
+    if not moved:
+        return ReplayWork()
+    log.info("reading the registry's version history of %d trials", len(moved))
+    return gather(registry, store, moved, budget, progress)
 
 
 def _list_members(
@@ -211,22 +298,19 @@ def _write(
     members: dict[str, _Members],
     missing: dict[str, list[str]],
     pages: PageSpool,
+    work: ReplayWork,
     report: SyncReport,
     clock: Clock,
 ) -> None:
     """Everything a sync stores, in the caller's one transaction."""
     now = clock()
-    states = watch_states(session)
-    baseline = {w.name for w in watches if w.name not in states or states[w.name].fingerprint != w.fingerprint}
-    before = {w.name: memberships(session, w.name) for w in watches}
-    after = {w.name: members[w.name].flags() for w in watches}
+    who = _attribution(session, watches, members)
+    baseline, before, after = who.baseline, who.before, who.after
     previously_rejected = set(session.exec(select(models.RejectedRecord.nct_id)).all())
-
-    def attributed(nct_id: str) -> list[str]:
-        # a field change belongs to the watches that already held the study and still do
-        return [
-            w.name for w in watches if w.name not in baseline and nct_id in before[w.name] and nct_id in after[w.name]
-        ]
+    for index in work.indexes:
+        save_version_index(session, index, now)
+    for nct_id, version, body in work.fetched_records():
+        save_version(session, nct_id, version, body, now)
 
     fetched: set[str] = set()
     unknown_rejected: set[str] = set()  # rejected studies never stored: not members until they pass
@@ -236,13 +320,19 @@ def _write(
         changed: set[str] = set()
         for record in page:
             nct_id = nct_id_of(record) or ""
+            if nct_id in work.deferred:
+                continue  # its versions did not all fit in this sync: the next one takes it whole
             reason = problem(record)
             if reason is not None:
                 report.rejected.append(Rejected(nct_id, reason, note_rejected(session, nct_id, reason, now)))
                 if nct_id not in old_records:
                     unknown_rejected.add(nct_id)
                 continue
-            changes = record_changes(session, record, old_records.get(nct_id), attributed(nct_id), now, report.run_id)
+            plan, old = work.plans.get(nct_id), old_records.get(nct_id)
+            if plan is not None and old is not None:
+                changes = _replay(session, plan, old, record, who.of(nct_id), now, report)
+            else:
+                changes = record_changes(session, record, old, who.of(nct_id), now, report.run_id)
             report.changes += len(changes)
             fetched.add(nct_id)
             good.append(record)
@@ -266,6 +356,30 @@ def _write(
         set_watch_state(session, name, watch.fingerprint, now)
         report.watches.append(wr)
     forget_watches(session, [w.name for w in watches])
+
+
+def _replay(
+    session: Session,
+    plan: ReplayPlan,
+    old: dict[str, Any],
+    record: dict[str, Any],
+    watches: Sequence[str],
+    now: datetime,
+    report: SyncReport,
+) -> list[Change]:
+    """Log what each version between the stored record and `record` changed, dated by its version."""
+    stored = load_versions(session, plan.nct_id, plan.between)
+    steps = [(plan.index.versions[n], stored[n]) for n in plan.between if n in stored]
+    told: list[Change] = []
+    for version, changes in replay(old, [*steps, (plan.target, record)]):
+        for change in changes:
+            add_change(
+                session, change, watches, now, report.run_id,
+                effective_date=version.date, registry_version=version.number,
+            )  # fmt: skip
+        told += changes
+    report.history.dated += len(told)
+    return told
 
 
 def _membership_events(

@@ -270,6 +270,66 @@ def describe_all(changes: Sequence[Change]) -> list[Line]:
     return sorted((line for key, line in lines.items() if key not in absorbed), key=lambda line: line.rank)
 
 
+# --- successive dated changes of one field ---------------------------------------------------
+# Replayed from the registry's version history, the changes a field went through between two
+# polls are told in order, each on its version's date, instead of being merged into one.
+
+
+def _story_name(change: Change) -> str:
+    path = change.path or ""
+    if path == SITE_STATUS_PATH:
+        return f"Site {site_name(change.site)}"
+    struct, _, leaf = path.rpartition(".")
+    if struct in DATE_STRUCTS:
+        return DATE_STRUCTS[struct] if leaf == "date" else f"{DATE_STRUCTS[struct]} type"
+    if path == ENROLLMENT_TYPE:
+        return "Enrollment type"
+    if path == HAS_RESULTS:
+        return "Results"
+    return FIELDS_BY_PATH[path].label if path in FIELDS_BY_PATH else path
+
+
+def _value_words(path: str | None, value: object) -> str:
+    if path == OVERALL_STATUS:
+        return status_label(value)
+    if path == SITE_STATUS_PATH:
+        return status_label(value).lower()
+    struct, _, leaf = (path or "").rpartition(".")
+    if struct in DATE_STRUCTS:
+        return partial_date(value) if leaf == "date" else (_date_type(value) or "untyped")
+    if path == ENROLLMENT_COUNT:
+        return _count(value)
+    if path == ENROLLMENT_TYPE:
+        return _date_type(value) or "untyped"
+    if path == HAS_RESULTS:
+        return "posted" if value else "not shown"
+    if path == PHASES:
+        return phases_label(value)
+    return _plain(value)
+
+
+def describe_story(steps: Sequence[Change], dates: Sequence[str | None]) -> Line:
+    """Successive changes of one field, each on its date (a version's): "Status changed to
+    Active, not recruiting on 3 Mar 2026, back to Recruiting on 10 Mar 2026"; when it did not
+    come back, what it was: "…, then to Completed on 20 Mar 2026 (was Recruiting)"."""
+    first, last = steps[0], steps[-1]
+    parts = []
+    for i, (step, day) in enumerate(zip(steps, dates, strict=True)):
+        value = _value_words(step.path, step.new)
+        when = f" on {partial_date(day)}" if day else ""
+        if i == 0:
+            parts.append(f"{_story_name(first)} changed to {value}{when}")
+        elif step.new in (first.old, steps[i - 1].old):
+            parts.append(f"back to {value}{when}")
+        else:
+            parts.append(f"then to {value}{when}")
+    text = ", ".join(parts)
+    if last.new != first.old:
+        text += f" (was {_value_words(first.path, first.old)})"
+    category, rank = classify(first.kind, first.path)
+    return Line(text, first.kind, first.path, first.old, last.new, category, rank)
+
+
 # --- study facts ---------------------------------------------------------------------------
 
 

@@ -71,6 +71,15 @@ def mails(folder: Path, to: str | None = None) -> list[EmailMessage]:
     return found  # type: ignore[return-value]
 
 
+def page_text(page: str) -> str:
+    """What a reader of an HTML page sees, on one line: tags dropped, entities read, spaces collapsed."""
+    import html
+    import re
+
+    body = page.split("<main", 1)[-1]
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", body)).split())
+
+
 def text_of(message: EmailMessage) -> str:
     body = message.get_body(preferencelist=("plain",))
     assert body is not None

@@ -25,12 +25,13 @@ from watcher.accounts import Link
 from watcher.clock import Clock, iso
 from watcher.config import Config, WebSettings, check_nct_id
 from watcher.errors import WatcherError
+from watcher.fields import status_label
 from watcher.render import environment
 from watcher.states import RunKind
 from watcher.store import Store, digest_counts
 from watcher.tokens import Secret, TokenState, load_secret
 from watcher.web import feeds, forms, views
-from watcher.wording import frequency_words
+from watcher.wording import frequency_words, partial_date
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class Site:
         }  # fmt: skip
         html = self.env.get_template(f"web/{template}.html.j2").render(
             web=self.web, root=self.root, watches=self.config.watches, when=self.when, chip=chip_class,
-            often=frequency_words, status=status, **values,
+            often=frequency_words, day=partial_date, status_words=status_label, status=status, **values,
         )  # fmt: skip
         return HTMLResponse(html, status_code=status, headers=headers)
 

@@ -22,8 +22,9 @@ from watcher import models
 from watcher.changes import ChangeKind, LoggedChange
 from watcher.config import Config, Watch
 from watcher.fields import STATUS_LABELS, status_label
+from watcher.history import Timeline, timeline, versions_to_fetch
 from watcher.models import table_of
-from watcher.store import chunks, last_good_sync, load_records, watches_of
+from watcher.store import chunks, last_good_sync, load_records, load_versions, stored_version_index, watches_of
 from watcher.wording import Facts, Line, describe, describe_all, facts
 
 EVENTS_PER_FEED = 100
@@ -40,6 +41,9 @@ class Event:
     first_id: int  # the event's stable identity: its first change never changes
     last_id: int
     lines: tuple[Line, ...]
+    # replayed from the registry's version history: the version that made these changes
+    effective_date: str | None = None
+    registry_version: int | None = None
 
 
 def _title(text: str | None, nct_id: str) -> str:
@@ -53,6 +57,7 @@ def _logged(row: Any) -> LoggedChange:
     return LoggedChange(
         id=row.id, nct_id=row.nct_id, kind=ChangeKind(row.kind), path=row.field, old=load(row.old_json),
         new=load(row.new_json), site=load(row.site_json), detected_at=row.detected_at,
+        effective_date=row.effective_date, registry_version=row.registry_version,
     )  # fmt: skip
 
 
@@ -79,31 +84,30 @@ def events(
             query = query.where(c.nct_id == nct_id)
         return query
 
-    groups = scoped(select(c.nct_id, c.run_id, c.detected_at, func.min(c.id), func.max(c.id)))
-    groups = groups.group_by(c.nct_id, c.run_id, c.detected_at).order_by(func.max(c.id).desc())
+    # one sync's changes of one trial, split by the registry version that made them (when replayed)
+    keys = (c.nct_id, c.run_id, c.detected_at, c.registry_version, c.effective_date)
+    groups = scoped(select(*keys, func.min(c.id), func.max(c.id)))
+    groups = groups.group_by(*keys).order_by(func.max(c.id).desc())
     found = session.execute(groups if limit is None else groups.limit(limit)).all()
     if not found:
         return []
-    wanted = {(n, run, first) for n, run, _, first, _ in found}
-    low, high = min(g[3] for g in found), max(g[4] for g in found)
-    members: dict[tuple[str, int | None, int], list[LoggedChange]] = {}
-    firsts: dict[tuple[str, int | None, datetime], int] = {(n, run, at): first for n, run, at, first, _ in found}
-    ids = sorted({n for n, *_ in found})
+    low, high = min(g[5] for g in found), max(g[6] for g in found)
+    members: dict[tuple[Any, ...], list[LoggedChange]] = {tuple(g[:5]): [] for g in found}
+    ids = sorted({g[0] for g in found})
     for batch in chunks(ids):
         rows = session.execute(
             scoped(select(change)).where(c.id.between(low, high), c.nct_id.in_(batch)).order_by(c.id)
         ).all()
         for row in rows:
-            first = firsts.get((row.nct_id, row.run_id, row.detected_at))
-            if first is not None and (row.nct_id, row.run_id, first) in wanted:
-                members.setdefault((row.nct_id, row.run_id, first), []).append(_logged(row))
+            key = (row.nct_id, row.run_id, row.detected_at, row.registry_version, row.effective_date)
+            if key in members:
+                members[key].append(_logged(row))
     named = titles(session, ids)
     result = []
-    for n, run, at, first, last in found:
-        changes = members.get((n, run, first), [])
-        lines = describe_all(changes)
+    for n, run, at, version, day, first, last in found:
+        lines = describe_all(members[(n, run, at, version, day)])
         if lines:
-            result.append(Event(n, named[n], at, first, last, tuple(lines)))
+            result.append(Event(n, named[n], at, first, last, tuple(lines), day, version))
     return result
 
 
@@ -275,6 +279,7 @@ class TrialStory:
     first_seen: datetime
     checked_at: datetime
     events: list[Event]
+    registry: Timeline | None = None  # its story in the registry's version history, when stored here
 
 
 def trial_story(session: Session, nct_id: str) -> TrialStory | None:
@@ -291,4 +296,19 @@ def trial_story(session: Session, nct_id: str) -> TrialStory | None:
         first_seen=row.first_seen_at,
         checked_at=row.checked_at,
         events=events(session, nct_id=nct_id, limit=None),
+        registry=registry_timeline(session, nct_id),
     )
+
+
+def registry_timeline(session: Session, nct_id: str) -> Timeline | None:
+    """The trial's story from the registry's version history, from what is stored (a page never
+    asks the registry): the status at every version from the index, and what each version changed
+    when every version worth reading is stored (`watcher history NCT… --registry` reads them)."""
+    index = stored_version_index(session, nct_id)
+    if index is None:
+        return None
+    wanted = versions_to_fetch(index)
+    records = load_versions(session, nct_id, wanted)
+    if len(records) < len(wanted):
+        records = {}  # a partial set would put changes on the wrong versions: the statuses alone
+    return timeline(index, records)
