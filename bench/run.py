@@ -14,7 +14,8 @@ version history of 30 versions, at the real pace of one request a second to the 
 a first pass (the index and every version that may touch a tracked field) and a second (the
 index alone); at that pace 100 trials take about 40 minutes, so by default 5 are measured and
 the first pass is extrapolated to 100 (`--history-trials 100` measures them all). Then a day on
-which 10 trials each moved 3 versions: the requests and changes a sync records.
+which 10 trials each moved 3 versions: the requests and changes a sync records with
+`history = "gaps"` (an ordinary day: no replay) and with `history = "always"` (replayed).
 """
 
 from __future__ import annotations
@@ -95,10 +96,10 @@ class World:
         self.proc.wait(10)
 
 
-def write_config(folder: Path, base_url: str) -> Path:
+def write_config(folder: Path, base_url: str, history: str = "gaps") -> Path:
     path = folder / "watcher.toml"
     path.write_text(
-        f'[ctgov]\nbase_url = "{base_url}"\nretries = 2\nbackoff_s = 0.2\ntimeout_s = 120\n\n'
+        f'[ctgov]\nbase_url = "{base_url}"\nretries = 2\nbackoff_s = 0.2\ntimeout_s = 120\nhistory = "{history}"\n\n'
         '[[watch]]\nname = "mg"\ncondition = "myasthenia gravis"\n'
     )
     return path
@@ -189,14 +190,24 @@ def run_history(measured: int, total: int, versions: int, movers: int, latency: 
             result["first_extrapolated"] = {
                 k: (v * factor if k != "peak_mb" else v) for k, v in result["first"].items()
             }  # peak memory is per process: it does not grow with the number of trials
-        world.admin("stats?reset=1")
-        measure([*WATCHER, "--config", str(config), "sync", "--quiet"], folder)  # the silent baseline
+        # the day, synced by a watcher in each history mode: "gaps" (the default: an ordinary day asks
+        # no history) and "always" (as after downtime: the versions are replayed)
+        modes = {}
+        for mode in ("gaps", "always"):
+            modes[mode] = mode_folder = folder / mode
+            mode_folder.mkdir()
+            write_config(mode_folder, world.base_url, history=mode)
+            measure([*WATCHER, "--config", str(mode_folder / "watcher.toml"), "sync", "--quiet"], mode_folder)
         day = world.admin(f"versions_day?trials={movers}&versions=3")
-        world.admin("stats?reset=1")
-        usage, _ = measure([*WATCHER, "--config", str(config), "sync", "--quiet"], folder)
-        traffic = world.admin("stats?reset=1")
-        result["day"] = {**day, "requests": traffic["requests"], "bytes": traffic["bytes"], "wall_s": usage["wall_s"],
-                         "recorded": last_run_changes(folder / "watcher.db")}  # fmt: skip
+        for mode, mode_folder in modes.items():
+            world.admin("stats?reset=1")
+            usage, _ = measure(
+                [*WATCHER, "--config", str(mode_folder / "watcher.toml"), "sync", "--quiet"], mode_folder
+            )
+            traffic = world.admin("stats?reset=1")
+            recorded = last_run_changes(mode_folder / "watcher.db")
+            result[f"day_{mode}"] = {**day, "requests": traffic["requests"], "bytes": traffic["bytes"],
+                                     "wall_s": usage["wall_s"], "recorded": recorded}  # fmt: skip
     finally:
         world.stop()
     return result
@@ -220,12 +231,20 @@ def history_table(h: dict[str, Any]) -> str:
     if "first_extrapolated" in h:
         lines.append(row("first, extrapolated", h["trials"], h["first_extrapolated"]))
     lines.append(row("second (index only)", h["measured"], h["second"]))
-    d = h["day"]
+    d = h["day_gaps"]
     lines.append(
-        f"\nA day on which {d['trials']} trials each moved 3 versions ({d['versions']} versions): the sync made "
-        f"{d['requests']} requests ({size_text(d['bytes'])}) in {d['wall_s']:.1f} s and recorded {d['recorded']} "
-        f"changes (a plain diff sees {d['flattened']}; the versions hold {d['replayed']})"
+        f"\nA day on which {d['trials']} trials each moved 3 versions ({d['versions']} versions; a plain diff sees "
+        f"{d['flattened']} changes, the versions hold {d['replayed']}), synced:"
     )
+    for mode, words in (
+        ("gaps", 'history = "gaps", an ordinary day'),
+        ("always", 'history = "always" (or after downtime)'),
+    ):
+        d = h[f"day_{mode}"]
+        lines.append(
+            f"  {words:<40} {d['requests']:>4} requests ({size_text(d['bytes'])}) in {d['wall_s']:.1f} s, "
+            f"{d['recorded']} changes recorded"
+        )
     return "\n".join(lines)
 
 

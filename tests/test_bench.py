@@ -43,4 +43,8 @@ def test_quick_benchmark_runs_and_counts_right(tmp_path: Path) -> None:
     assert history["first"]["requests"] == history["measured"] + history["first"]["fetched"]  # index + versions
     assert history["first"]["fetched"] == history["fetchable_versions"]  # only those that may touch a tracked field
     assert history["second"]["requests"] == history["measured"] and history["second"]["fetched"] == 0
-    assert history["day"]["recorded"] == history["day"]["flattened"]  # no replay yet: one change per trial
+    gaps, always = history["day_gaps"], history["day_always"]
+    assert gaps["recorded"] == gaps["flattened"]  # an ordinary day asks no history: one change per trial
+    assert always["recorded"] == always["replayed"]  # replayed: one change per version
+    # per trial its index and the 2 versions before the third (which is the record the sync fetched)
+    assert always["requests"] - gaps["requests"] == always["trials"] * (1 + 2)
