@@ -14,6 +14,7 @@ import requests
 import responses
 from responses import matchers
 
+from tests.conftest import FakeClock
 from tests.support.fakeapi import FakeRegistry
 from tests.support.world import record
 from watcher.config import CtgovSettings
@@ -242,22 +243,6 @@ def test_user_agent_keeps_the_library_token(registry: Registry) -> None:
 INT = "https://ctgov.test/api/int"
 SAMPLE = json.loads((FIXTURES / "history" / "NCT03690141_int-history-true_2023.json").read_text())
 NCT = "NCT03690141"
-
-
-class FakeClock:
-    """Monotonic time that moves only when the code under test waits (or a fake request takes time)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.waits: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def wait(self, seconds: float) -> bool:
-        self.waits.append(seconds)
-        self.now += seconds
-        return False
 
 
 @pytest.fixture

@@ -180,18 +180,24 @@ def change_json(change: LoggedChange, titles: dict[str, str | None]) -> dict[str
     """A logged change as `watcher changes --json` shows it (the shape webhooks send too)."""
     return {
         "id": change.id,
-        "nct_id": change.nct_id,
-        "kind": change.kind.value,
-        "field": change.path,
-        "old": change.old,
-        "new": change.new,
-        "site": change.site,
+        **_change_fields(change),
         "detected_at": iso(change.detected_at),
         "watches": list(change.watches),
         "title": titles.get(change.nct_id),
         "summary": describe(change).text,
         "effective_date": change.effective_date,
         "registry_version": change.registry_version,
+    }
+
+
+def _change_fields(change: Change) -> dict[str, Any]:
+    return {
+        "nct_id": change.nct_id,
+        "kind": change.kind.value,
+        "field": change.path,
+        "old": change.old,
+        "new": change.new,
+        "site": change.site,
     }
 
 
@@ -248,12 +254,7 @@ def _wrap(text: str, margin: str, width: int = 104) -> list[str]:
 def _version_change_json(change: Change, version: Version, title: str) -> dict[str, Any]:
     """A change a version made, shaped like a `watcher changes --json` item (less id, detected_at, watches)."""
     return {
-        "nct_id": change.nct_id,
-        "kind": change.kind.value,
-        "field": change.path,
-        "old": change.old,
-        "new": change.new,
-        "site": change.site,
+        **_change_fields(change),
         "title": title,
         "summary": describe(change).text,
         "effective_date": version.date,
