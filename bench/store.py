@@ -163,8 +163,9 @@ def senders(count: int, postgres: PostgresServer, work: Path) -> list[dict[str, 
             config.write_text(config_text("http://127.0.0.1:9/api/v2", url, smtp.port))
             command = [*WATCHER, "--config", str(config), "digest", "send"]
             started = time.monotonic()
+            logs = [(folder / f"sender-{k}.err").open("w") for k in range(len(extras))]
             procs = [subprocess.Popen([*command, *extra], cwd=folder, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL) for extra in extras]  # fmt: skip
+                                      stderr=log) for extra, log in zip(extras, logs, strict=True)]  # fmt: skip
             if victim is not None:
                 while len(smtp.received) < count // 4:
                     time.sleep(0.01)
@@ -172,6 +173,11 @@ def senders(count: int, postgres: PostgresServer, work: Path) -> list[dict[str, 
             for proc in procs:
                 proc.wait(3600)
             wall = time.monotonic() - started
+            for k, (proc, log) in enumerate(zip(procs, logs, strict=True)):
+                log.close()
+                if proc.returncode not in (0, -signal.SIGKILL):  # a sender that failed says why
+                    said = (folder / f"sender-{k}.err").read_text().strip().splitlines()
+                    print(f"  ! sender {k} exited {proc.returncode}: {said[-1] if said else '(nothing on stderr)'}")
             ids = Counter(r.message["Message-ID"] for r in smtp.received)
             states = outbox_states(url)
             row = {

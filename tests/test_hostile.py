@@ -4,6 +4,7 @@ addresses and overlapping runs. Each test here failed before the fix it covers."
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -144,6 +145,34 @@ def test_a_record_that_keeps_failing_reaches_the_operator(tmp_path: Path, fake: 
         worker.sync_job()
     alerts = [alert_text(p) for p in (tmp_path / "outbox").glob("*-operator.eml")]
     assert len(alerts) == 1 and "NCT01727193 has been skipped 2 syncs in a row" in alerts[0]
+
+
+def test_syncs_run_by_hand_count_towards_the_alert_which_comes_once_per_streak(
+    tmp_path: Path, fake: FakeRegistry
+) -> None:
+    from tests.test_daemon import Clock, make_worker
+
+    worker = make_worker(tmp_path, fake, None, "daily", "alert_after_failures = 2", Clock("2026-11-25T10:00:00"),
+                         operator='operator = "ops@example.org"')  # fmt: skip
+    run = Runner(tmp_path / "watcher.toml")
+    run("sync")
+    fake.edit(TARGET, lambda r: status_module(r).update(overallStatus=7))
+    for _ in range(2):  # two syncs by hand: skipped twice, the count passes the threshold unseen
+        fake.refresh()
+        run("sync")
+    for _ in range(2):
+        fake.refresh()
+        worker.sync_job()
+    alerts = [alert_text(p) for p in (tmp_path / "outbox").glob("*-operator.eml")]
+    assert len(alerts) == 1 and "NCT01727193 has been skipped 3 syncs in a row" in alerts[0]
+    fake.edit(TARGET, lambda r: status_module(r).update(overallStatus="COMPLETED"))  # fixed: the streak ends
+    fake.refresh()
+    worker.sync_job()
+    fake.edit(TARGET, lambda r: status_module(r).update(overallStatus=7))  # a new streak: told again
+    for _ in range(2):
+        fake.refresh()
+        worker.sync_job()
+    assert len(list((tmp_path / "outbox").glob("*-operator.eml"))) == 2
 
 
 # --- a watched trial that disappears --------------------------------------------------------------
@@ -496,6 +525,28 @@ def test_any_failure_in_a_job_is_logged_counted_and_digests_still_go_out(
     assert database.rows("select outcome from syncrun order by id desc limit 1") == [("failed",)]
     assert len(smtp.received) == 1  # the queued digest still went out after the failed sync
     assert worker.next_retry is not None and (worker.next_retry - clock()).total_seconds() == 300
+
+
+@pytest.mark.parametrize("job", ["digest_job", "resend_job"])
+def test_any_failure_in_the_mail_jobs_is_one_error_line_with_the_details_at_debug(
+    tmp_path: Path, fake: FakeRegistry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, job: str
+) -> None:
+    from tests.test_daemon import Clock, make_worker
+    from watcher import delivery, outbox
+
+    worker = make_worker(tmp_path, fake, None, "immediate", "", Clock("2026-11-25T10:00:00"))
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(delivery, "send_due", broken)
+    monkeypatch.setattr(delivery, "resend_due", broken)
+    monkeypatch.setattr(outbox, "pending_due", lambda *args: True)
+    caplog.set_level(logging.DEBUG, logger="watcher.scheduler")
+    getattr(worker, job)()  # must not raise
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "unexpected error: KeyError: 'a bug'" in errors[0].getMessage()
+    assert any(r.levelname == "DEBUG" and r.exc_info for r in caplog.records)  # the traceback, at DEBUG
 
 
 def test_a_failed_sync_is_retried_sooner_doubling_up_to_the_interval(tmp_path: Path, fake: FakeRegistry) -> None:

@@ -158,6 +158,7 @@ class RejectedRecord(SQLModel, table=True):
     first_at: datetime
     last_at: datetime
     times: int = 1
+    alerted_at: datetime | None = None  # when the operator was told of this streak
 
 
 class OutboxMessage(SQLModel, table=True):

@@ -181,8 +181,10 @@ class Worker:
 
                 started = time.monotonic()
                 report = resend_due(self.config, self.store, clock=self.clock, cancel=self.cancel)
-            except WatcherError as exc:
-                log.warning("resending deferred messages failed: %s", exc)
+            except Exception as exc:  # the daemon must never go quiet
+                reason = str(exc) if isinstance(exc, WatcherError) else f"unexpected error: {type(exc).__name__}: {exc}"
+                log.error("resending deferred messages failed: %s; they are tried again in a minute", reason)
+                log.debug("resend failure details", exc_info=True)
                 return
             self._log_report(report, started)
 
@@ -229,15 +231,8 @@ class Worker:
                 members, report.fetched, report.changes, report.requests, report.bytes, report.seconds,
                 report.data_timestamp,
             )  # fmt: skip
-        threshold = self.config.schedule.alert_after_failures
-        for rejected in report.rejected:
-            if rejected.times == threshold:
-                message = (
-                    f"{rejected.nct_id} has been skipped {rejected.times} syncs in a row: its record is malformed "
-                    f"({rejected.reason}); its last good state stays"
-                )
-                log.error(message)
-                self._tell_operator(f"trial watcher: {rejected.nct_id} keeps failing the shape check", message)
+        if report.rejected:
+            self._alert_rejected()
         if alerted:
             message = f"syncing recovered after {failures_before} failed syncs in a row"
             log.warning(message)
@@ -317,6 +312,21 @@ class Worker:
             log.debug("digest failure details", exc_info=True)
             return
         self._log_report(report, started)
+
+    def _alert_rejected(self) -> None:
+        """Tell the operator, once per streak, of each record skipped `alert_after_failures` syncs in a
+        row or more (syncs run by hand count too)."""
+        from watcher.store import claim_rejected_alerts
+
+        with self.store.write() as session:
+            due = claim_rejected_alerts(session, self.config.schedule.alert_after_failures, self.clock())
+        for rejected in due:
+            message = (
+                f"{rejected.nct_id} has been skipped {rejected.times} syncs in a row: its record is malformed "
+                f"({rejected.reason}); its last good state stays"
+            )
+            log.error(message)
+            self._tell_operator(f"trial watcher: {rejected.nct_id} keeps failing the shape check", message)
 
     @staticmethod
     def _log_report(report: Any, started: float) -> None:

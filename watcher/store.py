@@ -33,7 +33,7 @@ from watcher.states import DigestState, RunKind, RunOutcome
 T = TypeVar("T")
 # The newest migration (watcher/migrations/versions); a test keeps the two in step. A database
 # at this revision opens without importing Alembic, so reading commands start fast.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 def chunks(items: Iterable[T], size: int = 500) -> Iterator[list[T]]:
@@ -327,6 +327,26 @@ def note_rejected(session: Session, nct_id: str, reason: str, now: datetime) -> 
         row.reason, row.last_at, row.times = reason, now, row.times + 1
     session.add(row)
     return row.times
+
+
+@dataclass(frozen=True)
+class RejectedStreak:
+    nct_id: str
+    reason: str
+    times: int
+
+
+def claim_rejected_alerts(session: Session, threshold: int, now: datetime) -> list[RejectedStreak]:
+    """The records skipped `threshold` syncs in a row or more that the operator has not been told
+    of in this streak; marks them told."""
+    table = models.RejectedRecord
+    rows = session.exec(
+        select(table).where(col(table.times) >= threshold, col(table.alerted_at).is_(None)).order_by(col(table.nct_id))
+    ).all()
+    for row in rows:
+        row.alerted_at = now
+        session.add(row)
+    return [RejectedStreak(r.nct_id, r.reason, r.times) for r in rows]
 
 
 def clear_rejected(session: Session, nct_ids: Iterable[str]) -> None:
