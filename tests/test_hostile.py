@@ -64,6 +64,19 @@ BAD_RECORDS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("locations {}", lambda r: r["protocolSection"]["contactsLocationsModule"].update(locations={}),
      "protocolSection.contactsLocationsModule.locations is {} (an object), not a list of sites"),
     ("status module null", lambda r: r["protocolSection"].update(statusModule=[]), "protocolSection.statusModule is []"),
+    ("enrollment '100'", lambda r: r["protocolSection"]["designModule"]["enrollmentInfo"].update(count="100"),
+     "protocolSection.designModule.enrollmentInfo.count is '100', not a whole number"),
+    ("enrollment 1.5", lambda r: r["protocolSection"]["designModule"]["enrollmentInfo"].update(count=1.5),
+     "protocolSection.designModule.enrollmentInfo.count is 1.5, not a whole number"),
+    ("date 'May 2024'", lambda r: status_module(r)["startDateStruct"].update(date="May 2024"),
+     f"{S}.startDateStruct.date is 'May 2024', not a date (YYYY, YYYY-MM or YYYY-MM-DD)"),
+    ("month 13", lambda r: status_module(r)["completionDateStruct"].update(date="2024-13"),
+     f"{S}.completionDateStruct.date is '2024-13', not a date (YYYY, YYYY-MM or YYYY-MM-DD)"),
+    ("site not an object", lambda r: r["protocolSection"]["contactsLocationsModule"].update(locations=[1]),
+     "protocolSection.contactsLocationsModule.locations site 1 is 1, not an object"),
+    ("site city a list", lambda r: r["protocolSection"]["contactsLocationsModule"]["locations"][0].update(city=["x"]),
+     "protocolSection.contactsLocationsModule.locations site 1 city is ['x'], not a string"),
+    ("hasResults 'yes'", lambda r: r.update(hasResults="yes"), "hasResults is 'yes', not true or false"),
 ]  # fmt: skip
 
 
