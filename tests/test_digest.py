@@ -208,3 +208,23 @@ def test_kinds_filter_keeps_only_what_was_asked() -> None:
     assert [t.nct_id for t in digest.trials] == ["NCT90000003"]
     assert digest.change_ids == tuple(c.id for c in changes if category_of(c) is Category.RESULTS)
     assert [line.text for line in digest.trials[0].lines] == ["Results posted on 25 Nov 2026"]
+
+
+def test_stories_of_free_text_and_dates_read_plainly() -> None:
+    why = f"{S}.whyStopped"
+    title = "protocolSection.identificationModule.briefTitle"
+    changes = [
+        logged(1, Change(TARGET, ChangeKind.CHANGED, why, None, "Funding withdrawn by the sponsor"), "2026-11-18", 7),
+        logged(2, Change(TARGET, ChangeKind.CHANGED, why, "Funding withdrawn by the sponsor", None), "2026-11-20", 8),
+        logged(3, Change(TARGET, ChangeKind.CHANGED, title, "Old", "Interim"), "2026-11-18", 7),
+        logged(4, Change(TARGET, ChangeKind.CHANGED, title, "Interim", "New"), "2026-11-20", 8),
+        logged(5, Change(TARGET, ChangeKind.CHANGED, f"{S}.resultsFirstPostDateStruct.date", None, "2026-11-18"),
+               "2026-11-18", 7),
+        logged(6, Change(TARGET, ChangeKind.CHANGED, f"{S}.resultsFirstPostDateStruct.date", "2026-11-18", "2026-11-19"),
+               "2026-11-20", 8),
+    ]  # fmt: skip
+    assert lines_of(changes) == [
+        "Reason for stopping given on 18 Nov 2026, removed on 20 Nov 2026",
+        "Results first posted changed to 18 Nov 2026 on 18 Nov 2026, then to 19 Nov 2026 on 20 Nov 2026 (was no date)",
+        "Title: Old → New (changed 18 Nov 2026, 20 Nov 2026)",
+    ]

@@ -16,6 +16,7 @@ from tests.support.fakeapi import FakeRegistry
 from watcher.config import load_config
 from watcher.db import database_of
 from watcher.registry import Registry
+from watcher.states import RunOutcome
 from watcher.store import Store
 from watcher.sync import run_sync
 
@@ -68,12 +69,15 @@ def test_three_versions_missed_during_downtime_are_three_dated_changes(
     # the index, then versions 1 and 2; version 3 is the record the sync fetched
     assert history_requests(fake) == [f"{OCULAR}/history", f"{OCULAR}/history/1", f"{OCULAR}/history/2"]
     assert "Registry history: 1 trial told version by version, 3 changes dated (2 versions read)" in out
+    # versions 1 and 2 as read, and 3: the record the sync fetched
     assert database.rows("select count(*) from registryversion where nct_id = :n and record is not null", n=OCULAR) == [
-        (2,)
+        (3,)
     ]
 
 
-def test_the_trials_own_history_puts_replayed_changes_on_their_dates(gaps: Runner, fake: FakeRegistry) -> None:
+def test_the_trials_own_history_names_the_version_and_date_of_replayed_changes(
+    gaps: Runner, fake: FakeRegistry
+) -> None:
     fake.add_version(OCULAR, "2026-11-18", status("ACTIVE_NOT_RECRUITING"))
     fake.add_version(OCULAR, "2026-11-20", status("COMPLETED"))
     fake.refresh(TWO_DAYS_LATER)
@@ -81,8 +85,8 @@ def test_the_trials_own_history_puts_replayed_changes_on_their_dates(gaps: Runne
     lines = gaps("history", OCULAR).stdout.splitlines()
     today = lines[1].split()[0]  # first stored: the baseline
     assert lines[2:] == [
-        f"  2026-11-18  Status: Recruiting → Active, not recruiting (registry version 1, found {today})",
-        f"  2026-11-20  Status: Active, not recruiting → Completed (registry version 2, found {today})",
+        f"  {today}  Status: Recruiting → Active, not recruiting (registry version 1 of 2026-11-18)",
+        f"  {today}  Status: Active, not recruiting → Completed (registry version 2 of 2026-11-20)",
     ]
 
 
@@ -252,16 +256,80 @@ def test_the_cap_leaves_a_trial_whole_for_the_next_sync_which_goes_on(
         assert [c[0] for c in changes(gaps, GENERALIZED)] == []  # left whole: no change, its old record stays
         assert len(changes(gaps, OCULAR)) == 3
         fake.log.clear()
-        fake.refresh("2026-11-27T09:00:05")  # an ordinary day: only the trial left over asks
         with Registry(config.ctgov) as registry:
             second = run_sync(config, store, registry, history_budget=3)
+            third = run_sync(config, store, registry, history_budget=3)
     finally:
         store.close()
+    # the data did not move, but the trial left over does not wait for the registry's next refresh
+    assert second.outcome is RunOutcome.OK
     assert history_requests(fake) == [f"{GENERALIZED}/history", f"{GENERALIZED}/history/2", f"{GENERALIZED}/history/3"]
     assert (second.history.replayed, second.history.fetched, second.history.from_store) == (1, 2, 1)
+    assert third.outcome is RunOutcome.UNCHANGED  # nothing left over: a quiet poll again
     assert changes(gaps, GENERALIZED) == [
         ("Enrollment: 87 → 70", "2026-11-16", 1),
         ("Enrollment: 70 → 80", "2026-11-17", 2),
         ("Enrollment: 80 → 90", "2026-11-18", 3),
         ("Enrollment: 90 → 100", "2026-11-19", 4),
     ]
+
+
+def test_a_check_while_the_history_is_read_records_each_change_once(
+    gaps: Runner, fake: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from watcher import sync
+
+    fake.add_version(OCULAR, "2026-11-18", status("SUSPENDED"))
+    fake.add_version(OCULAR, "2026-11-20", status("TERMINATED"))
+    fake.refresh(TWO_DAYS_LATER)
+    read_history = sync.gather
+
+    def meanwhile(*args: Any, **kwargs: Any) -> Any:
+        work = read_history(*args, **kwargs)
+        gaps("check", OCULAR)  # stores the new record and its change before the sync writes
+        return work
+
+    monkeypatch.setattr(sync, "gather", meanwhile)
+    gaps("sync")
+    assert changes(gaps, OCULAR) == [("Status: Recruiting → Terminated", None, None)]  # once, by the check
+
+
+def test_a_version_that_is_not_the_shape_the_api_promises_is_a_fallback(gaps: Runner, fake: FakeRegistry) -> None:
+    fake.add_version(OCULAR, "2026-11-18", enrollment("about forty"))  # type: ignore[arg-type]
+    fake.add_version(OCULAR, "2026-11-20", enrollment(40))
+    fake.refresh(TWO_DAYS_LATER)
+    out = gaps("sync").stdout
+    assert (
+        "! NCT90000001: version 1 is malformed (protocolSection.designModule.enrollmentInfo.count is 'about forty', "
+        "not a whole number); its changes were found by comparing records" in out.splitlines()
+    )
+    assert changes(gaps, OCULAR) == [("Enrollment: 75 → 40", None, None)]
+
+
+def test_a_record_with_a_null_status_module_never_fails_a_sync_that_reads_history(
+    gaps: Runner, fake: FakeRegistry
+) -> None:
+    fake.add_version(OCULAR, "2026-11-18", enrollment(40))
+    fake.records[OCULAR]["protocolSection"]["statusModule"] = None  # null: read as absent by the API's rules
+    fake.refresh(TWO_DAYS_LATER)
+    gaps("sync")  # exit 0
+    assert ("Enrollment: 75 → 40", None, None) in changes(gaps, OCULAR)
+
+
+def test_a_sync_reads_at_most_its_budget_of_indexes_and_compares_the_rest_plainly(
+    gaps: Runner, fake: FakeRegistry
+) -> None:
+    for nct_id in (OCULAR, GENERALIZED):
+        fake.add_version(nct_id, "2026-11-18", status("SUSPENDED"))
+        fake.add_version(nct_id, "2026-11-20", status("TERMINATED"))
+    fake.refresh(TWO_DAYS_LATER)
+    config = load_config(gaps.config)
+    store = Store(database_of(config))
+    try:
+        with Registry(config.ctgov) as registry:
+            report = run_sync(config, store, registry, history_budget=1)
+    finally:
+        store.close()
+    assert (report.history.asked, report.history.unasked, report.history.replayed) == (1, 1, 1)
+    assert [c[1] for c in changes(gaps, OCULAR)] == ["2026-11-18", "2026-11-20"]
+    assert changes(gaps, GENERALIZED) == [("Status: Active, not recruiting → Terminated", None, None)]

@@ -103,6 +103,12 @@ def test_trial_page_dates_replayed_changes_and_tells_the_registry_story(site: Si
     text = page_text(site.client.get("/trial/NCT90000001").text)
     assert "18 Nov 2026 · version 1 Status: Recruiting → Suspended" in text
     assert "21 Nov 2026 · version 2 Status: Suspended → Recruiting" in text
+    site.fake.add_version("NCT90000001", "2026-11-27", lambda r: r["protocolSection"]["statusModule"].update(
+        overallStatus="COMPLETED"))  # fmt: skip
+    site.fake.refresh("2026-11-29T09:00:05")
+    site.run("sync")  # a replay stores the record it ends at as its version: the story goes on
+    text = page_text(site.client.get("/trial/NCT90000001").text)
+    assert "27 Nov 2026 · version 3 Status: Recruiting → Completed" in text
 
 
 def test_unknown_pages_are_404_pages(site: Site) -> None:

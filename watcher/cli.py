@@ -392,11 +392,8 @@ def history(app: App, nct_id: str, from_registry: bool, as_json: bool) -> None:
     if row is not None:
         echo(f"  {row.first_seen_at:%Y-%m-%d}  first stored")
     for c in found:
-        if c.effective_date is not None:  # replayed from the registry's history: when it happened there
-            found_on = f"found {c.detected_at:%Y-%m-%d}"
-            echo(f"  {c.effective_date}  {describe(c).text} (registry version {c.registry_version}, {found_on})")
-        else:
-            echo(f"  {c.detected_at:%Y-%m-%d}  {describe(c).text}")
+        version = f" (registry version {c.registry_version} of {c.effective_date})" if c.effective_date else ""
+        echo(f"  {c.detected_at:%Y-%m-%d}  {describe(c).text}{version}")
     if not found:
         echo("  no change recorded since")
 

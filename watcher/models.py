@@ -117,6 +117,7 @@ class SyncRun(SQLModel, table=True):
     changes: int = 0
     error: str | None = None
     alerted: bool = False  # the operator was told of the run of failures this one belongs to
+    deferred: int = 0  # studies this sync left for the next one (their history did not all fit)
 
 
 class SubscriberAccount(SQLModel, table=True):

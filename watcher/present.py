@@ -104,6 +104,11 @@ def _history_lines(report: SyncReport) -> list[str]:
             f"! {waiting} left for the next sync: {told.fetched:,} versions read, the most one sync reads "
             "(what was read is kept)"
         )
+    if told.unasked:
+        lines.append(
+            f"! {plural(told.unasked, 'trial')} compared plainly: this sync read as many version indexes as one may "
+            f"({told.asked:,})"
+        )
     for reason in told.fallbacks:
         lines.append(f"! {reason}; its changes were found by comparing records")
     if told.stopped:

@@ -22,10 +22,11 @@ from typing import Any, Protocol
 
 from watcher.differ import Record
 from watcher.errors import HistoryUnavailable
-from watcher.history import VERSIONS_PER_SYNC, ReplayPlan, Version, VersionIndex, plan_replay
+from watcher.history import VERSIONS_PER_SYNC, ReplayPlan, Version, VersionIndex, plan_replay, submitted_on
 from watcher.registry import Registry
 from watcher.store import Store, fetched_versions
 from watcher.store import canonical as canonical_json
+from watcher.validate import problem
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,7 @@ class Moved:
 
 def dates_only(record: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a record that says which version it is (kept instead of the whole record)."""
-    status = record.get("protocolSection", {}).get("statusModule", {})
-    return {"protocolSection": {"statusModule": {"lastUpdateSubmitDate": status.get("lastUpdateSubmitDate")}}}
+    return {"protocolSection": {"statusModule": {"lastUpdateSubmitDate": submitted_on(record)}}}
 
 
 @dataclass
@@ -54,7 +54,8 @@ class HistoryReport:
     """What a sync did with the registry's version history."""
 
     asked: int = 0  # studies whose version index was asked for
-    replayed: int = 0  # studies whose changes were recorded version by version
+    unasked: int = 0  # studies compared plainly because the sync had asked for as many indexes as it may
+    replayed: int = 0  # studies whose changes were recorded version by version (set by the write phase)
     fetched: int = 0  # version records fetched (the cap counts these)
     from_store: int = 0  # version records read from the store instead
     dated: int = 0  # changes recorded with their version's date (set by the write phase)
@@ -87,8 +88,10 @@ def gather(
     budget: int = VERSIONS_PER_SYNC,
     progress: Progress | None = None,
 ) -> ReplayWork:
-    """Read the version index of every moved study, plan its replay, and fetch the versions in
-    between that are not stored yet, at most `budget` of them. Studies needing fewer versions
+    """Read the version index of every moved study (at most `budget` of them; the others are
+    compared plainly), plan its replay, and fetch the versions in between that are not stored
+    yet, at most `budget` of them. A version that is not the shape the API promises makes its
+    study fall back to the plain comparison. Studies needing fewer versions
     come first, so that a cap leaves as few studies waiting as it can; a study whose versions do
     not all fit is left whole for the next sync (what was fetched is kept)."""
     work = ReplayWork()
@@ -99,6 +102,9 @@ def gather(
             progress(done, len(order), "reading version indexes")
         if report.stopped:
             _fall_back(report)
+            continue
+        if report.asked >= budget:  # an index is a request too: a sync asks for at most `budget` of them
+            report.unasked += 1
             continue
         try:
             report.asked += 1
@@ -127,6 +133,9 @@ def gather(
                 if progress:
                     progress(report.fetched, total, "reading registry versions")
                 record = registry.version(nct_id, number)
+                reason = problem(record)
+                if reason is not None:
+                    raise HistoryUnavailable(f"{nct_id}: version {number} is malformed ({reason})", study_only=True)
                 version = work.plans[nct_id].index.versions[number]
                 work.bodies.append((nct_id, version, zlib.compress(canonical_json(record), 6)))
                 report.fetched += 1
@@ -138,7 +147,8 @@ def gather(
             del work.plans[nct_id]
             work.deferred.add(nct_id)
             report.deferred.append(nct_id)
-    report.replayed = len(work.plans)
+    if report.unasked:
+        log.info("registry history: %d trials compared plainly (at most %d indexes a sync)", report.unasked, budget)
     if report.deferred:
         log.info(
             "registry history: %d version records read (the most one sync reads); %d trials wait for the next sync",

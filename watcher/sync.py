@@ -25,7 +25,15 @@ from watcher.clock import Clock, utcnow
 from watcher.config import Config, HistoryMode, Watch
 from watcher.differ import diff, nct_id_of
 from watcher.errors import Cancelled, WatcherError
-from watcher.history import VERSIONS_PER_SYNC, ReplayPlan, asks_for_history, replay, replay_pending, submitted_on
+from watcher.history import (
+    VERSIONS_PER_SYNC,
+    ReplayPlan,
+    asks_for_history,
+    replay,
+    replay_pending,
+    submitted_on,
+    version_of,
+)
 from watcher.registry import Listed, Registry
 from watcher.replay import HistoryReport, Moved, Progress, ReplayWork, dates_only, gather
 from watcher.runs import close_run, new_run, record_failure
@@ -170,7 +178,8 @@ def _sync(
         with store.read() as session:
             last = last_good_sync(session)
         previous = last.data_timestamp if last else None
-        if last and previous == stamp and last.watches_fingerprint == fingerprint:
+        # nothing moved: nothing to do, unless the last sync left studies for this one
+        if last and previous == stamp and last.watches_fingerprint == fingerprint and not last.deferred:
             report = SyncReport(RunOutcome.UNCHANGED, stamp, previous)
             with store.write() as session:
                 run = new_run(session, started_at, stamp, fingerprint)
@@ -196,6 +205,7 @@ def _sync(
                         session, run, report.outcome, registry, clock, sum(w.members for w in report.watches),
                         report.changes,
                     )  # fmt: skip
+                    run.deferred = len(work.deferred)
         report.requests, report.bytes = registry.traffic.requests, registry.traffic.bytes
         report.seconds = time.monotonic() - started
         for rejected in report.rejected:
@@ -239,7 +249,29 @@ def _read_history(
     mode = config.ctgov.history
     if mode is HistoryMode.OFF or previous is None:
         return ReplayWork()
-    asking = asks_for_history(mode, previous, stamp)
+    try:
+        return _gather_history(config, store, registry, members, pages, asks_for_history(mode, previous, stamp),
+                               progress, budget)  # fmt: skip
+    except Cancelled:
+        raise
+    except Exception as exc:  # the history never fails a sync: the plain comparison instead
+        log.warning("the registry history could not be used: %s: %s", type(exc).__name__, exc)
+        log.debug("history failure details", exc_info=True)
+        work = ReplayWork()
+        work.report.stopped = f"the registry history could not be used ({type(exc).__name__}: {exc})"
+        return work
+
+
+def _gather_history(
+    config: Config,
+    store: Store,
+    registry: Registry,
+    members: dict[str, _Members],
+    pages: PageSpool,
+    asking: bool,
+    progress: Progress | None,
+    budget: int,
+) -> ReplayWork:
     moved: dict[str, Moved] = {}
     with store.read() as session:
         who = _attribution(session, config.watches, members)
@@ -329,10 +361,10 @@ def _write(
                     unknown_rejected.add(nct_id)
                 continue
             plan, old = work.plans.get(nct_id), old_records.get(nct_id)
-            if plan is not None and old is not None:
-                changes = _replay(session, plan, old, record, who.of(nct_id), now, report)
-            else:
-                changes = record_changes(session, record, old, who.of(nct_id), now, report.run_id)
+            told = _replay(session, plan, old, record, who.of(nct_id), now, report) if plan and old else None
+            changes = (
+                told if told is not None else record_changes(session, record, old, who.of(nct_id), now, report.run_id)
+            )
             report.changes += len(changes)
             fetched.add(nct_id)
             good.append(record)
@@ -366,10 +398,16 @@ def _replay(
     watches: Sequence[str],
     now: datetime,
     report: SyncReport,
-) -> list[Change]:
-    """Log what each version between the stored record and `record` changed, dated by its version."""
+) -> list[Change] | None:
+    """Log what each version between the stored record and `record` changed, dated by its version;
+    None (nothing logged) when the plan no longer fits: the stored record changed since it was
+    made (a `check` meanwhile) or a version it needs is not stored."""
+    anchor = version_of(plan.index, old)
     stored = load_versions(session, plan.nct_id, plan.between)
-    steps = [(plan.index.versions[n], stored[n]) for n in plan.between if n in stored]
+    if anchor is None or anchor.number != plan.anchor.number or len(stored) < len(plan.between):
+        return None
+    save_version(session, plan.nct_id, plan.target, _as_version(record), now)  # the trial page's story goes on
+    steps = [(plan.index.versions[n], stored[n]) for n in plan.between]
     told: list[Change] = []
     for version, changes in replay(old, [*steps, (plan.target, record)]):
         for change in changes:
@@ -378,8 +416,14 @@ def _replay(
                 effective_date=version.date, registry_version=version.number,
             )  # fmt: skip
         told += changes
+    report.history.replayed += 1
     report.history.dated += len(told)
     return told
+
+
+def _as_version(record: dict[str, Any]) -> dict[str, Any]:
+    """A fetched record as its version is stored: without the registry's derived section."""
+    return {k: v for k, v in record.items() if k != "derivedSection"}
 
 
 def _membership_events(

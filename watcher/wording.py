@@ -28,6 +28,7 @@ from watcher.fields import (
     SITE_STATUS_PATH,
     STOPPED_STATUSES,
     WHY_STOPPED,
+    Compare,
     classify,
     phases_label,
     status_label,
@@ -295,8 +296,10 @@ def _value_words(path: str | None, value: object) -> str:
     if path == SITE_STATUS_PATH:
         return status_label(value).lower()
     struct, _, leaf = (path or "").rpartition(".")
-    if struct in DATE_STRUCTS:
-        return partial_date(value) if leaf == "date" else (_date_type(value) or "untyped")
+    if struct in DATE_STRUCTS and leaf == "type":
+        return _date_type(value) or "untyped"
+    if struct.endswith("DateStruct"):
+        return partial_date(value)
     if path == ENROLLMENT_COUNT:
         return _count(value)
     if path == ENROLLMENT_TYPE:
@@ -313,10 +316,22 @@ def describe_story(steps: Sequence[Change], dates: Sequence[str | None]) -> Line
     Active, not recruiting on 3 Mar 2026, back to Recruiting on 10 Mar 2026"; when it did not
     come back, what it was: "…, then to Completed on 20 Mar 2026 (was Recruiting)"."""
     first, last = steps[0], steps[-1]
+    category, rank = classify(first.kind, first.path)
+    tracked = FIELDS_BY_PATH.get(first.path or "")
+    if first.path == WHY_STOPPED:  # free text: said, not quoted inline
+        told = ", ".join(f"{'given' if s.new else 'removed'}{_on(d)}" for s, d in zip(steps, dates, strict=True))
+        return Line(f"Reason for stopping {told}", first.kind, first.path, first.old, last.new, category, rank)
+    if tracked is not None and tracked.compare is Compare.TEXT:
+        days = ", ".join(partial_date(d) for d in dates if d)
+        if last.new == first.old:
+            text = f"{_story_name(first)} changed and changed back ({days})"
+        else:
+            text = f"{_field_words(replace(first, new=last.new))} (changed {days})"
+        return Line(text, first.kind, first.path, first.old, last.new, category, rank)
     parts = []
     for i, (step, day) in enumerate(zip(steps, dates, strict=True)):
         value = _value_words(step.path, step.new)
-        when = f" on {partial_date(day)}" if day else ""
+        when = _on(day)
         if i == 0:
             parts.append(f"{_story_name(first)} changed to {value}{when}")
         elif step.new in (first.old, steps[i - 1].old):
@@ -326,8 +341,11 @@ def describe_story(steps: Sequence[Change], dates: Sequence[str | None]) -> Line
     text = ", ".join(parts)
     if last.new != first.old:
         text += f" (was {_value_words(first.path, first.old)})"
-    category, rank = classify(first.kind, first.path)
     return Line(text, first.kind, first.path, first.old, last.new, category, rank)
+
+
+def _on(day: str | None) -> str:
+    return f" on {partial_date(day)}" if day else ""
 
 
 # --- study facts ---------------------------------------------------------------------------
