@@ -84,8 +84,9 @@ BAD_RECORDS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("breaking", "reason"), [(b, r) for _, b, r in BAD_RECORDS], ids=[n for n, _, _ in BAD_RECORDS]
 )
 def test_a_malformed_record_is_skipped_named_and_the_rest_of_the_sync_goes_on(
-    run: Runner, fake: FakeRegistry, breaking: Callable[[dict[str, Any]], None], reason: str
-) -> None:
+    run: Runner, fake: FakeRegistry, breaking: Callable[[dict[str, Any]], None], reason: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
     run("sync")
     good = json.loads(json.dumps(fake.records[TARGET]))
     fake.bump(TARGET)
@@ -93,6 +94,9 @@ def test_a_malformed_record_is_skipped_named_and_the_rest_of_the_sync_goes_on(
     edit(fake, "NCT90000001", lambda r: status_module(r).update(overallStatus="COMPLETED"))
     result = run("sync")  # exit 0: one bad record never stops the others
     assert f"! {TARGET} skipped: its record is malformed ({reason}" in result.stdout
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "watcher.sync"]
+    [line] = logged  # and in the log, once
+    assert line.startswith(f"{TARGET} skipped: its record is not what the API promises ({reason}")
     assert [(c["nct_id"], c["new"]) for c in changes(run)] == [("NCT90000001", "COMPLETED")]
     for command in (("changes",), ("show", TARGET), ("history", TARGET), ("status",)):
         assert "Traceback" not in run(*command).output  # the last good state is what is stored
@@ -331,6 +335,12 @@ def test_redirects_only_to_the_same_host(run: Runner, fake: FakeRegistry) -> Non
     assert result.stderr == (
         f"error: {host(fake)} redirected to http://elsewhere.example/api/v2/version, another host; not followed\n"
     )
+    secure = fake.base_url.replace("http://", "https://")  # the same host, another scheme
+    fake.faults.redirect_next, fake.faults.redirect_to = 1, f"{secure}/version"
+    result = run("sync", code=1)
+    assert result.stderr == (
+        f"error: {host(fake)} redirected to https://127.0.0.1/api/v2/version, https instead of http; not followed\n"
+    )
     fake.faults.redirect_next, fake.faults.redirect_to = 1, f"{fake.base_url}/version"
     assert "baseline stored" in run("sync").stdout
 
@@ -472,6 +482,8 @@ def test_registry_text_is_cleaned_in_subjects_plain_text_and_lines(
     assert "Trial[31m red evil second line" in plain
     lines = run("changes").stdout.splitlines()
     assert all(line.startswith("#") for line in lines)  # a line break in a title never splits a line
+    title, *events = run("history", TARGET).stdout.splitlines()
+    assert title.startswith("NCT01727193  Trial") and all(line.startswith("  20") for line in events)
 
 
 def test_a_new_watch_brings_only_its_news_from_then_on_and_leaving_forgets(

@@ -279,7 +279,8 @@ class Registry:
             here, there = urlsplit(response.url), urlsplit(target)
             if (here.scheme, here.netloc) != (there.scheme, there.netloc):
                 shown = f"{there.scheme}://{there.hostname or ''}{there.path}"
-                raise RegistryError(f"{self.host} redirected to {shown}, another host; not followed")
+                other = "another host" if here.netloc != there.netloc else f"{there.scheme} instead of {here.scheme}"
+                raise RegistryError(f"{self.host} redirected to {shown}, {other}; not followed")
             url, params = target, None
         raise RegistryError(f"{self.host} redirected more than {MAX_REDIRECTS} times; stopped following")
 
