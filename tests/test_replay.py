@@ -169,7 +169,7 @@ def test_markdown_and_html_text_make_no_false_change_in_a_replay(gaps: Runner, f
     fake.refresh("2026-11-28T09:00:05")
     gaps("sync")
     assert [c[0] for c in changes(gaps, OCULAR)] == [
-        "Title: Low-dose Azathioprine in Ocular Myasthenia Gravis → Low-dose AZA \\[LOW-AZA\\] & Prednisone \\<in OMG\\>",
+        "Title: Low-dose Azathioprine in Ocular Myasthenia Gravis → Low-dose AZA [LOW-AZA] & Prednisone <in OMG>",
         "Lead sponsor: Ascentage Pharma Group Inc. → Sun Yat-sen University & Partners",
         "Status: Recruiting → Suspended",
         "Status: Suspended → Terminated",

@@ -208,3 +208,12 @@ def test_the_subject_is_built_from_facts_not_from_words(monkeypatch: pytest.Monk
     # every line now says something else, even another status: the subject still tells what happened
     monkeypatch.setattr(wording, "_words", lambda change: "Status: Recruiting → Withdrawn")
     assert subject() == expected
+
+
+def test_registry_text_reads_without_markdown_escapes() -> None:
+    # the API's text is CommonMark: NCT06341426's title holds "psychotherapy \\[PAP\\]"
+    change = Change(
+        "NCT06341426", ChangeKind.CHANGED, "protocolSection.identificationModule.briefTitle",
+        "Psychotherapy", "Short-term psychotherapy \\[PAP\\] \\& support \\<in MG\\>",
+    )  # fmt: skip
+    assert describe(change).text == "Title: Psychotherapy → Short-term psychotherapy [PAP] & support <in MG>"

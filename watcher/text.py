@@ -9,9 +9,14 @@ import re
 _HIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
+# The API gives text as CommonMark, with punctuation escaped ("psychotherapy \[PAP\]"): a reader sees it bare.
+_MARKDOWN_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+
+
 def clean(text: object) -> str:
-    """Registry text on one line: hidden characters out, every run of whitespace (line breaks too) one space."""
-    return " ".join(_HIDDEN.sub("", str(text)).split())
+    """Registry text on one line, as a reader should see it: hidden characters out, Markdown's
+    escapes undone, every run of whitespace (line breaks too) one space."""
+    return " ".join(_MARKDOWN_ESCAPE.sub(r"\1", _HIDDEN.sub("", str(text))).split())
 
 
 def strip_hidden(text: str) -> str:
