@@ -208,7 +208,9 @@ class Runner:
         self.config = config
 
     def __call__(self, *args: str, code: int | None = 0, env: dict[str, str] | None = None) -> Result:
-        result = CliRunner().invoke(cli, ["--config", str(self.config), *args], env=env, catch_exceptions=False)
+        result = CliRunner().invoke(
+            cli, ["--config", str(self.config), *args], env=env, catch_exceptions=False, prog_name="watcher"
+        )
         if code is not None:
             assert result.exit_code == code, (result.exit_code, result.output)
         return result

@@ -118,7 +118,12 @@ def test_show_and_history(run: Runner, fake: FakeRegistry) -> None:
     lines = run("history", TARGET).stdout.splitlines()
     assert lines[0].startswith("NCT01727193  The Efficacy")
     assert lines[1].endswith("first stored")
-    assert any(line.endswith("Status: Unknown status → Completed") for line in lines)
+    day = lines[1].split()[0]
+    assert lines[2:] == [  # one sync's changes read together, as in a digest
+        f"  {day}  Status: Unknown status → Completed",
+        f"  {day}  Completion: Jan 2020 (estimated) → Dec 2019 (actual), 1 month earlier",
+        f"  {day}  Enrollment: 100 (estimated) → 96 (actual)",
+    ]
     result = run("show", "NCT09999999", code=1)
     assert result.stderr == "error: NCT09999999: not stored yet; run: watcher check NCT09999999\n"
 
@@ -226,3 +231,9 @@ def test_a_database_from_a_newer_version_is_refused_and_left_untouched(config_fi
         f"this one knows up to {head()}); upgrade trial watcher to use it\n"
     )
     assert dump_db(path) == before and not list(path.parent.glob("*.bak-*"))
+
+
+def test_a_usage_mistake_is_one_line_like_every_other_error(run: Runner) -> None:
+    result = run("history", TARGET, "NCT90000001", code=2)
+    assert result.stderr == "error: Got unexpected extra argument (NCT90000001) (see watcher history --help)\n"
+    assert run("nope", code=2).stderr == "error: No such command 'nope' (see watcher --help)\n"

@@ -321,8 +321,8 @@ def test_each_retry_says_why_and_the_error_names_the_host_without_credentials(
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     lines = result.stderr.strip().splitlines()
     assert [line.split(": ", 1)[1] for line in lines[:2]] == [
-        f"{address}: connection refused; try 2 of 3 in 0 s",
-        f"{address}: connection refused; try 3 of 3 in 0 s",
+        f"{address}: connection refused; try 2 of 3 now",
+        f"{address}: connection refused; try 3 of 3 now",
     ]
     assert lines[-1] == f"error: {address} did not answer after 3 tries (connection refused)"
     assert "s3cret" not in result.stderr and result.returncode == 1

@@ -79,6 +79,31 @@ class App:
 
 
 class WatcherGroup(click.Group):
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """As Click's, but a usage mistake is one line on stderr like every other error."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "watcher"
+            echo(f"error: {exc.format_message().rstrip('.')} (see {where} --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -385,15 +410,21 @@ def history(app: App, nct_id: str, from_registry: bool, as_json: bool) -> None:
     if as_json:
         _print_json([present.change_json(c, titles) for c in found])
         return
+    from itertools import groupby
+
     from watcher.text import clean
-    from watcher.wording import describe
+    from watcher.wording import describe_all
 
     echo(f"{nct}  {clean(titles[nct] or '')}".rstrip())
     if row is not None:
         echo(f"  {row.first_seen_at:%Y-%m-%d}  first stored")
-    for c in found:
-        version = f" (registry version {c.registry_version} of {c.effective_date})" if c.effective_date else ""
-        echo(f"  {c.detected_at:%Y-%m-%d}  {describe(c).text}{version}")
+    # one sync's changes (one registry version's, when replayed) read together, as in a digest
+    for (at, version, day), group in groupby(
+        found, key=lambda c: (c.detected_at, c.registry_version, c.effective_date)
+    ):
+        told = f" (registry version {version} of {day})" if day else ""
+        for line in describe_all(list(group)):
+            echo(f"  {at:%Y-%m-%d}  {line.text}{told}")
     if not found:
         echo("  no change recorded since")
 

@@ -261,7 +261,8 @@ def _deliver(courier: Courier, claimed: Claimed) -> Attempt:
         log.debug("%s %d to %s could not be sent", kind, claimed.id, who, exc_info=True)
         detail = f"could not be sent ({type(exc).__name__}: {exc})"
         return Attempt(DigestState.FAILED, outcome(SendStatus.FAILED, detail), claimed.parts_sent)
-    log.info("%s %d sent to %s (%d changes)", kind, claimed.id, who, claimed.changes)
+    changes = f" ({claimed.changes} change{'' if claimed.changes == 1 else 's'})" if claimed.changes else ""
+    log.info("%s %d sent to %s%s", kind, claimed.id, who, changes)
     return Attempt(DigestState.SENT, outcome(SendStatus.SENT), claimed.parts_sent)
 
 

@@ -333,8 +333,8 @@ def format_status(report: dict[str, Any]) -> str:
         if run["outcome"] == RunOutcome.FAILED:
             detail = run["error"] or ""
         else:
-            detail = f"registry data {stamp(run['data_timestamp'])} · {plural(run['requests'], 'request')}"
-            detail += f" · {plural(run['changes'], 'change')}"
+            data = f"registry data {stamp(run['data_timestamp'])} · " if run["data_timestamp"] else ""
+            detail = f"{data}{plural(run['requests'], 'request')} · {plural(run['changes'], 'change')}"
         lines.append(f"  {run['started_at'].replace('T', ' ')[:16]}  {run['kind']:<5}  {run['outcome']:<9}  {detail}")
     return "\n".join(lines)
 

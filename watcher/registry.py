@@ -135,7 +135,8 @@ class _Retry(Retry):
             wait = fresh.get_backoff_time()
         reason = _reason_of(response, error)
         attempt = len(fresh.history) + 1
-        log.warning("%s: %s; try %d of %d in %.0f s", watch.host, reason, attempt, watch.tries, wait)
+        when = f"in {wait:.0f} s" if wait >= 0.5 else "now"
+        log.warning("%s: %s; try %d of %d %s", watch.host, reason, attempt, watch.tries, when)
         return fresh
 
     def sleep(self, response: Any = None) -> None:

@@ -29,6 +29,7 @@ from watcher.config import Config
 from watcher.db import Backend
 from watcher.errors import Cancelled, WatcherError
 from watcher.models import DaemonState
+from watcher.present import plural
 from watcher.states import RunOutcome
 from watcher.store import (
     Store,
@@ -227,9 +228,9 @@ class Worker:
         else:
             members = sum(w.members for w in report.watches)
             log.info(
-                "sync: %d trials, %d fetched, %d changes, %d requests (%d bytes) in %.1f s (registry data %s)",
-                members, report.fetched, report.changes, report.requests, report.bytes, report.seconds,
-                report.data_timestamp,
+                "sync: %s, %d fetched, %s, %s (%d bytes) in %.1f s (registry data %s)",
+                plural(members, "trial"), report.fetched, plural(report.changes, "change"),
+                plural(report.requests, "request"), report.bytes, report.seconds, report.data_timestamp,
             )  # fmt: skip
         if report.rejected:
             self._alert_rejected()

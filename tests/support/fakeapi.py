@@ -543,8 +543,13 @@ def main() -> None:
         from tests.support.world import mg_world
 
         records = list(mg_world().values())
-    fake = FakeRegistry(records).start(args.port)
-    print(f"fake ClinicalTrials.gov API serving {len(records)} studies at {fake.base_url}", flush=True)
+    fake = FakeRegistry(records)
+    if not args.records:  # and NCT03690141's version history, for `watcher history NCT03690141 --registry`
+        from tests.support.world import HISTORY_STUDY, history_versions
+
+        fake.set_history(HISTORY_STUDY, history_versions())
+    fake.start(args.port)
+    print(f"fake ClinicalTrials.gov API serving {len(fake.records)} studies at {fake.base_url}", flush=True)
     fake.serve_until_interrupted()
 
 

@@ -254,10 +254,25 @@ def trial_list(
     latest: dict[int, LoggedChange] = {}
     for batch in chunks(latest_ids):
         latest.update((row.id, _logged(row)) for row in session.execute(select(change).where(change.c.id.in_(batch))))
+    # the newest change comes with the others of its sync: the card shows the most important of them
+    moments = {(c.nct_id, c.detected_at) for c in latest.values()}
+    siblings: dict[str, list[LoggedChange]] = {}
+    for batch in chunks(sorted({n for n, _ in moments})):
+        query = (
+            select(change)
+            .join(links, links.c.change_id == change.c.id)
+            .where(
+                links.c.watch == watch, change.c.nct_id.in_(batch), change.c.detected_at.in_({at for _, at in moments})
+            )
+        )
+        for row in session.execute(query.order_by(change.c.id)):
+            if (row.nct_id, row.detected_at) in moments:
+                siblings.setdefault(row.nct_id, []).append(_logged(row))
     cards = []
     for r in shown:
         f = known.get(r.snapshot_id)
         newest = latest.get(last.get(r.nct_id) or 0)
+        told = describe_all(siblings.get(r.nct_id, [])) if newest else []
         cards.append(
             TrialCard(
                 nct_id=r.nct_id,
@@ -265,7 +280,7 @@ def trial_list(
                 status=status_label(r.overall_status),
                 enrollment=f.enrollment if f else "not given",
                 sites=f.sites if f else "none listed",
-                last_change=describe(newest).text if newest else None,
+                last_change=(told[0].text if told else describe(newest).text) if newest else None,
                 last_change_at=newest.detected_at if newest else None,
             )
         )
