@@ -18,7 +18,7 @@ from watcher.db import database_of
 from watcher.registry import Registry
 from watcher.states import RunOutcome
 from watcher.store import Store
-from watcher.sync import run_sync
+from watcher.sync import SyncReport, run_sync
 
 OCULAR = "NCT90000001"  # a related MG trial in the watch's search, recruiting
 GENERALIZED = "NCT90000002"  # another, active, not recruiting
@@ -41,6 +41,17 @@ def history_requests(fake: FakeRegistry) -> list[str]:
 def changes(run: Runner, nct_id: str) -> list[tuple[Any, ...]]:
     found = json.loads(run("changes", "--json", "--nct", nct_id).stdout)
     return [(c["summary"], c["effective_date"], c["registry_version"]) for c in found]
+
+
+def sync_with_budget(run: Runner, budget: int) -> SyncReport:
+    """One sync in this process with a smaller cap on history reads than the real 200."""
+    config = load_config(run.config)
+    store = Store(database_of(config))
+    try:
+        with Registry(config.ctgov) as registry:
+            return run_sync(config, store, registry, history_budget=budget)
+    finally:
+        store.close()
 
 
 @pytest.fixture
@@ -247,20 +258,13 @@ def test_the_cap_leaves_a_trial_whole_for_the_next_sync_which_goes_on(
     for day, count in (("2026-11-16", 70), ("2026-11-17", 80), ("2026-11-18", 90), ("2026-11-19", 100)):
         fake.add_version(GENERALIZED, day, enrollment(count))  # needs versions 1, 2 and 3
     fake.refresh(TWO_DAYS_LATER)
-    config = load_config(gaps.config)
-    store = Store(database_of(config))
-    try:
-        with Registry(config.ctgov) as registry:
-            first = run_sync(config, store, registry, history_budget=3)
-        assert (first.history.replayed, first.history.fetched, first.history.deferred) == (1, 3, [GENERALIZED])
-        assert [c[0] for c in changes(gaps, GENERALIZED)] == []  # left whole: no change, its old record stays
-        assert len(changes(gaps, OCULAR)) == 3
-        fake.log.clear()
-        with Registry(config.ctgov) as registry:
-            second = run_sync(config, store, registry, history_budget=3)
-            third = run_sync(config, store, registry, history_budget=3)
-    finally:
-        store.close()
+    first = sync_with_budget(gaps, 3)
+    assert (first.history.replayed, first.history.fetched, first.history.deferred) == (1, 3, [GENERALIZED])
+    assert [c[0] for c in changes(gaps, GENERALIZED)] == []  # left whole: no change, its old record stays
+    assert len(changes(gaps, OCULAR)) == 3
+    fake.log.clear()
+    second = sync_with_budget(gaps, 3)  # a fresh process, as after a restart
+    third = sync_with_budget(gaps, 3)
     # the data did not move, but the trial left over does not wait for the registry's next refresh
     assert second.outcome is RunOutcome.OK
     assert history_requests(fake) == [f"{GENERALIZED}/history", f"{GENERALIZED}/history/2", f"{GENERALIZED}/history/3"]
@@ -323,13 +327,7 @@ def test_a_sync_reads_at_most_its_budget_of_indexes_and_compares_the_rest_plainl
         fake.add_version(nct_id, "2026-11-18", status("SUSPENDED"))
         fake.add_version(nct_id, "2026-11-20", status("TERMINATED"))
     fake.refresh(TWO_DAYS_LATER)
-    config = load_config(gaps.config)
-    store = Store(database_of(config))
-    try:
-        with Registry(config.ctgov) as registry:
-            report = run_sync(config, store, registry, history_budget=1)
-    finally:
-        store.close()
+    report = sync_with_budget(gaps, 1)
     assert (report.history.asked, report.history.unasked, report.history.replayed) == (1, 1, 1)
     assert [c[1] for c in changes(gaps, OCULAR)] == ["2026-11-18", "2026-11-20"]
     assert changes(gaps, GENERALIZED) == [("Status: Active, not recruiting → Terminated", None, None)]
