@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import WATCHER, World, measure  # noqa: E402
-from tests.support.postgres import PostgresServer  # noqa: E402
+from tests.support.postgres import PostgresServer, upgrade_to_head  # noqa: E402
 from tests.support.smtp import SmtpServer  # noqa: E402
 
 
@@ -46,17 +46,6 @@ def config_text(base_url: str, database_url: str, smtp_port: int | None = None) 
             '[[subscriber]]\nemail = "nobody@example.org"\nwatches = ["mg"]\nfrequency = "weekly"\n'
         )
     return text
-
-
-def upgrade(url: str) -> None:
-    from watcher import db, schema
-
-    target = db.parse_database(url)
-    engine = db.create(target)
-    try:
-        schema.upgrade(engine, target)
-    finally:
-        engine.dispose()
 
 
 def last_changes(url: str) -> int:
@@ -84,7 +73,7 @@ def syncs(n: int, latency: float, postgres: PostgresServer, work: Path) -> list[
                 url, engine_url = "sqlite:///watcher.db", f"sqlite:///{folder / 'watcher.db'}"
             else:
                 url = engine_url = postgres.url(postgres.create_database())
-                upgrade(url)
+                upgrade_to_head(url)
             config = folder / "watcher.toml"
             config.write_text(config_text(world.base_url, url))
             for cycle in ("baseline", "day"):
@@ -155,7 +144,7 @@ def senders(count: int, postgres: PostgresServer, work: Path) -> list[dict[str, 
         smtp = SmtpServer().start()
         try:
             url = postgres.url(postgres.create_database())
-            upgrade(url)
+            upgrade_to_head(url)
             queue(url, count)
             folder = work / f"send-{len(rows)}"
             folder.mkdir()
@@ -201,7 +190,7 @@ def failover(postgres: PostgresServer, work: Path) -> dict[str, float]:
     folder = work / "failover"
     folder.mkdir()
     url = postgres.url(postgres.create_database())
-    upgrade(url)
+    upgrade_to_head(url)
     config = folder / "watcher.toml"
     config.write_text(config_text(world.base_url, url) + '[schedule]\nsync_every = "1h"\n')
     logs = [folder / "leader.log", folder / "standby.log"]

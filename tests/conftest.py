@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, inspect, select, text
 
 from tests.support.fakeapi import FakeRegistry
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, upgrade_to_head
 from tests.support.smtp import SmtpServer
 from tests.support.world import mg_world
 from watcher.cli import cli
@@ -114,17 +114,6 @@ class ScratchDatabase:
         if self.backend == "sqlite":
             return any(secret in p.read_bytes() for p in self.folder.glob("watcher.db*"))
         return secret.decode() in repr(self.dump())
-
-
-def upgrade_to_head(url: str) -> None:
-    from watcher import db, schema
-
-    target = db.parse_database(url)
-    engine = db.create(target)
-    try:
-        schema.upgrade(engine, target)
-    finally:
-        engine.dispose()
 
 
 def _plain(value: Any) -> Any:

@@ -25,7 +25,7 @@ from sqlmodel.sql.sqltypes import UTCDateTime
 
 from tests.conftest import Runner, ScratchDatabase, mail_config, write_config
 from tests.support.fakeapi import FakeRegistry
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, upgrade_to_head
 from tests.support.smtp import SmtpServer
 from tests.support.world import TARGET
 from tests.test_daemon import Daemon, wait_for
@@ -325,8 +325,6 @@ def test_a_standby_daemon_takes_over_when_the_leader_is_killed(
     tmp_path: Path, fake: FakeRegistry, postgres: PostgresServer, pg_database: str, measured: Callable[[str], None]
 ) -> None:
     url = postgres.url(pg_database)
-    from tests.conftest import upgrade_to_head
-
     upgrade_to_head(url)
     config = write_config(tmp_path, fake.base_url, extra='[schedule]\nsync_every = "1h"\n')
     config.write_text(config.read_text().replace('url = "sqlite:///watcher.db"', f'url = "{url}"'))

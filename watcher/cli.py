@@ -709,11 +709,8 @@ def db_status(app: App, as_json: bool) -> None:
     from watcher import db, schema
 
     database = db.database_of(app.config)
-    engine = db.create(database)
-    try:
+    with db.opened(database) as engine:
         found = schema.status(engine, database)
-    finally:
-        engine.dispose()
     if as_json:
         _print_json(present.db_status_json(database.display, database.backend, found))
     else:
@@ -727,11 +724,8 @@ def db_upgrade(app: App) -> None:
     from watcher import db, schema
 
     database = db.database_of(app.config)
-    engine = db.create(database)
-    try:
+    with db.opened(database) as engine:
         report = schema.upgrade(engine, database)
-    finally:
-        engine.dispose()
     echo(present.format_upgrade(database.display, report))
 
 

@@ -111,6 +111,16 @@ def create(database: Database) -> Engine:
     return _postgres_engine(database)
 
 
+@contextmanager
+def opened(database: Database) -> Iterator[Engine]:
+    """An engine for one piece of work on a database (not the store's own), disposed after it."""
+    engine = create(database)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def _sqlite_engine(path: Path) -> Engine:
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT_S})
 

@@ -45,6 +45,15 @@ TMPFS_MIN_FREE = 1 << 30
 INSTALL_HINT = "install PostgreSQL's server (as root: apt-get install postgresql, or run .ci/install-services)"
 
 
+def upgrade_to_head(url: str) -> None:
+    """Bring the database at `url` to the head revision, as `watcher db upgrade` would."""
+    from watcher import db, schema
+
+    target = db.parse_database(url)
+    with db.opened(target) as engine:
+        schema.upgrade(engine, target)
+
+
 class PostgresUnavailable(RuntimeError):
     """The cluster cannot be started here; the message says why."""
 
