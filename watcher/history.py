@@ -327,15 +327,14 @@ def version_of(index: VersionIndex, record: Mapping[str, Any]) -> Version | None
     date, the lowest-numbered one is returned: replaying from it can only re-find content the
     record already holds (which diffs to nothing), never skip a change.
     """
-    submitted = submitted_on(record)
-    return next((v for v in index.versions if v.date == submitted), None) if submitted else None
+    return version_on(index, submitted_on(record))
 
 
-def latest_version_of(index: VersionIndex, record: Mapping[str, Any]) -> Version | None:
-    """The version a freshly fetched record is: as `version_of`, but the highest-numbered of the
-    versions sharing its date (the record is the newest of them)."""
-    submitted = submitted_on(record)
-    return next((v for v in reversed(index.versions) if v.date == submitted), None) if submitted else None
+def version_on(index: VersionIndex, submitted: str | None, newest: bool = False) -> Version | None:
+    """The version submitted on that date: the lowest-numbered of those sharing it (see
+    `version_of`), or with `newest` the highest (a freshly fetched record is the newest of them)."""
+    versions = reversed(index.versions) if newest else iter(index.versions)
+    return next((v for v in versions if v.date == submitted), None) if submitted else None
 
 
 # --- replaying the versions missed between two polls -----------------------------------------
@@ -358,20 +357,19 @@ class ReplayPlan:
         return self.index.nct_id
 
 
-def plan_replay(index: VersionIndex, stored: Mapping[str, Any], fetched: Mapping[str, Any]) -> ReplayPlan:
-    """Which versions lie between a stored record and a fresh one. Raises HistoryUnavailable
-    (for this study only) when the index does not hold both."""
+def plan_replay(index: VersionIndex, stored_on: str | None, fetched_on: str | None) -> ReplayPlan:
+    """Which versions lie between a stored record and a fresh one, given the dates they were
+    submitted on. Raises HistoryUnavailable (for this study only) when the index does not hold both."""
     nct_id = index.nct_id
-    anchor, target = version_of(index, stored), latest_version_of(index, fetched)
+    anchor, target = version_on(index, stored_on), version_on(index, fetched_on, newest=True)
     if anchor is None:
         raise HistoryUnavailable(
-            f"{nct_id}: the registry's version history has no version submitted on {submitted_on(stored)} "
-            "(the stored record)",
+            f"{nct_id}: the registry's version history has no version submitted on {stored_on} (the stored record)",
             study_only=True,
         )
     if target is None or target.number < anchor.number:
         raise HistoryUnavailable(
-            f"{nct_id}: the registry's version history has no version submitted on {submitted_on(fetched)} "
+            f"{nct_id}: the registry's version history has no version submitted on {fetched_on} "
             "(the record just fetched) after the stored one",
             study_only=True,
         )

@@ -18,11 +18,11 @@ import logging
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from watcher.differ import Record
 from watcher.errors import HistoryUnavailable
-from watcher.history import VERSIONS_PER_SYNC, ReplayPlan, Version, VersionIndex, plan_replay, submitted_on
+from watcher.history import VERSIONS_PER_SYNC, ReplayPlan, Version, VersionIndex, plan_replay
 from watcher.registry import Registry
 from watcher.store import Store, fetched_versions
 from watcher.store import canonical as canonical_json
@@ -37,16 +37,11 @@ class Progress(Protocol):
 
 @dataclass(frozen=True)
 class Moved:
-    """A study whose record moved to a new version since the stored one: the two records'
-    version dates are all planning needs."""
+    """A study whose record moved to a new version since the stored one: the dates the two
+    records were submitted on are all planning needs."""
 
-    stored: Mapping[str, Any]  # {"protocolSection": {"statusModule": {"lastUpdateSubmitDate": ...}}}
-    fetched: Mapping[str, Any]
-
-
-def dates_only(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a record that says which version it is (kept instead of the whole record)."""
-    return {"protocolSection": {"statusModule": {"lastUpdateSubmitDate": submitted_on(record)}}}
+    stored_on: str | None
+    fetched_on: str | None
 
 
 @dataclass
@@ -91,9 +86,9 @@ def gather(
     """Read the version index of every moved study (at most `budget` of them; the others are
     compared plainly), plan its replay, and fetch the versions in between that are not stored
     yet, at most `budget` of them. A version that is not the shape the API promises makes its
-    study fall back to the plain comparison. Studies needing fewer versions
-    come first, so that a cap leaves as few studies waiting as it can; a study whose versions do
-    not all fit is left whole for the next sync (what was fetched is kept)."""
+    study fall back to the plain comparison. Studies needing fewer versions come first, so that
+    a cap leaves as few studies waiting as it can; a study whose versions do not all fit is left
+    whole for the next sync (what was fetched is kept)."""
     work = ReplayWork()
     report = work.report
     order = sorted(moved)
@@ -110,7 +105,7 @@ def gather(
             report.asked += 1
             index = registry.version_index(nct_id)
             work.indexes.append(index)
-            work.plans[nct_id] = plan_replay(index, moved[nct_id].stored, moved[nct_id].fetched)
+            work.plans[nct_id] = plan_replay(index, moved[nct_id].stored_on, moved[nct_id].fetched_on)
         except HistoryUnavailable as exc:
             _fall_back(report, exc)
     with store.read() as session:

@@ -35,7 +35,7 @@ from watcher.history import (
     version_of,
 )
 from watcher.registry import Listed, Registry
-from watcher.replay import HistoryReport, Moved, Progress, ReplayWork, dates_only, gather
+from watcher.replay import HistoryReport, Moved, Progress, ReplayWork, gather
 from watcher.runs import close_run, new_run, record_failure
 from watcher.spool import PageSpool
 from watcher.states import RunOutcome
@@ -286,10 +286,11 @@ def _gather_history(
                 old = old_records.get(nct_id)
                 if old is None or problem(record) is not None or not who.of(nct_id):
                     continue
-                if submitted_on(old) == submitted_on(record):
+                stored_on, fetched_on = submitted_on(old), submitted_on(record)
+                if stored_on == fetched_on:
                     continue  # the same version: nothing can have been missed
                 if asking or replay_pending(known.get(nct_id, []), old):
-                    moved[nct_id] = Moved(dates_only(old), dates_only(record))
+                    moved[nct_id] = Moved(stored_on, fetched_on)
     if not moved:
         return ReplayWork()
     log.info("reading the registry's version history of %d trials", len(moved))
