@@ -250,8 +250,11 @@ def _read_history(
     if mode is HistoryMode.OFF or previous is None:
         return ReplayWork()
     try:
-        return _gather_history(config, store, registry, members, pages, asks_for_history(mode, previous, stamp),
-                               progress, budget)  # fmt: skip
+        moved = _moved(config, store, members, pages, asks_for_history(mode, previous, stamp))
+        if not moved:
+            return ReplayWork()
+        log.info("reading the registry's version history of %d trials", len(moved))
+        return gather(registry, store, moved, budget, progress)
     except Cancelled:
         raise
     except Exception as exc:  # the history never fails a sync: the plain comparison instead
@@ -262,16 +265,11 @@ def _read_history(
         return work
 
 
-def _gather_history(
-    config: Config,
-    store: Store,
-    registry: Registry,
-    members: dict[str, _Members],
-    pages: PageSpool,
-    asking: bool,
-    progress: Progress | None,
-    budget: int,
-) -> ReplayWork:
+def _moved(
+    config: Config, store: Store, members: dict[str, _Members], pages: PageSpool, asking: bool
+) -> dict[str, Moved]:
+    """The watched studies fetched at a new version whose history to read: all of them when
+    `asking`, else those an earlier sync left for later (versions after theirs are stored)."""
     moved: dict[str, Moved] = {}
     with store.read() as session:
         who = _attribution(session, config.watches, members)
@@ -291,10 +289,7 @@ def _gather_history(
                     continue  # the same version: nothing can have been missed
                 if asking or replay_pending(known.get(nct_id, []), old):
                     moved[nct_id] = Moved(stored_on, fetched_on)
-    if not moved:
-        return ReplayWork()
-    log.info("reading the registry's version history of %d trials", len(moved))
-    return gather(registry, store, moved, budget, progress)
+    return moved
 
 
 def _list_members(
