@@ -25,7 +25,7 @@ from watcher.fields import STATUS_LABELS, status_label
 from watcher.history import Timeline, timeline, versions_to_fetch
 from watcher.models import table_of
 from watcher.store import chunks, last_good_sync, load_records, load_versions, stored_version_index, watches_of
-from watcher.wording import Facts, Line, describe, describe_all, facts
+from watcher.wording import Facts, Line, describe_all, facts
 
 EVENTS_PER_FEED = 100
 TRIALS_PER_PAGE = 100
@@ -250,13 +250,11 @@ def trial_list(
     page = min(max(page, 1), pages)
     shown = ordered[(page - 1) * per_page : page * per_page]
     known = cache.get_many(session, [r.snapshot_id for r in shown])
-    latest_ids = [last[r.nct_id] for r in shown if r.nct_id in last]
-    latest: dict[int, LoggedChange] = {}
-    for batch in chunks(latest_ids):
-        latest.update((row.id, _logged(row)) for row in session.execute(select(change).where(change.c.id.in_(batch))))
     # the newest change comes with the others of its sync: the card shows the most important of them
-    moments = {(c.nct_id, c.detected_at) for c in latest.values()}
-    siblings: dict[str, list[LoggedChange]] = {}
+    moments: set[tuple[str, datetime]] = set()
+    for batch in chunks([last[r.nct_id] for r in shown if r.nct_id in last]):
+        moments.update(session.execute(select(change.c.nct_id, change.c.detected_at).where(change.c.id.in_(batch))))
+    latest: dict[str, list[LoggedChange]] = {}
     for batch in chunks(sorted({n for n, _ in moments})):
         query = (
             select(change)
@@ -267,12 +265,12 @@ def trial_list(
         )
         for row in session.execute(query.order_by(change.c.id)):
             if (row.nct_id, row.detected_at) in moments:
-                siblings.setdefault(row.nct_id, []).append(_logged(row))
+                latest.setdefault(row.nct_id, []).append(_logged(row))
     cards = []
     for r in shown:
         f = known.get(r.snapshot_id)
-        newest = latest.get(last.get(r.nct_id) or 0)
-        told = describe_all(siblings.get(r.nct_id, [])) if newest else []
+        group = latest.get(r.nct_id, [])
+        told = describe_all(group)
         cards.append(
             TrialCard(
                 nct_id=r.nct_id,
@@ -280,8 +278,8 @@ def trial_list(
                 status=status_label(r.overall_status),
                 enrollment=f.enrollment if f else "not given",
                 sites=f.sites if f else "none listed",
-                last_change=(told[0].text if told else describe(newest).text) if newest else None,
-                last_change_at=newest.detected_at if newest else None,
+                last_change=told[0].text if told else None,
+                last_change_at=group[-1].detected_at if group else None,
             )
         )
     return TrialList(cards, len(ordered), page, pages)
