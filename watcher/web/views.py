@@ -24,7 +24,15 @@ from watcher.config import Config, Watch
 from watcher.fields import STATUS_LABELS, status_label
 from watcher.history import Timeline, timeline, versions_to_fetch
 from watcher.models import table_of
-from watcher.store import chunks, last_good_sync, load_records, load_versions, stored_version_index, watches_of
+from watcher.store import (
+    chunks,
+    fetched_versions,
+    last_good_sync,
+    load_records,
+    load_versions,
+    stored_version_index,
+    watches_of,
+)
 from watcher.wording import Facts, Line, describe_all, facts
 
 EVENTS_PER_FEED = 100
@@ -321,7 +329,6 @@ def registry_timeline(session: Session, nct_id: str) -> Timeline | None:
     if index is None:
         return None
     wanted = versions_to_fetch(index)
-    records = load_versions(session, nct_id, wanted)
-    if len(records) < len(wanted):
-        records = {}  # a partial set would put changes on the wrong versions: the statuses alone
-    return timeline(index, records)
+    if set(wanted) <= fetched_versions(session, nct_id):
+        return timeline(index, load_versions(session, nct_id, wanted))
+    return timeline(index, {})  # a partial set would put changes on the wrong versions: the statuses alone
