@@ -216,10 +216,6 @@ def render(chat: ChatDigest, markdown: bool, body_max: int, title_max: int, spli
     return messages
 
 
-def alert_message(subject: str, text: str) -> ChatMessage:
-    return ChatMessage(subject, text)
-
-
 # --- checking a URL ------------------------------------------------------------------------------
 
 

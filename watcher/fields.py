@@ -110,10 +110,6 @@ def category_of(change: Change) -> Category:
     return classify(change.kind, change.path)[0]
 
 
-def rank_of(change: Change) -> int:
-    return classify(change.kind, change.path)[1]
-
-
 # --- the registry's codes in words ----------------------------------------------------------
 
 STATUS_LABELS = {
