@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import Runner, ScratchDatabase
+from tests.conftest import FakeClock, Runner, ScratchDatabase
 from tests.support.browser import DESKTOP_WIDTH, PHONE_WIDTH
 from tests.support.fakeapi import FakeRegistry
 from tests.support.smtp import free_port
@@ -131,6 +131,27 @@ def test_a_person_subscribes_confirms_gets_a_digest_and_unsubscribes(
 
 
 @pytest.mark.both_backends
+def test_a_trial_page_with_its_registry_story_reads_at_both_widths(
+    browser: Browser, served: tuple[Path, str], fake: FakeRegistry, shots: Path, paced_clock: FakeClock
+) -> None:
+    config, base = served
+    run = Runner(config)
+    for day, status in (("2026-11-18", "SUSPENDED"), ("2026-11-21", "RECRUITING")):
+        fake.add_version("NCT90000001", day, lambda r, s=status: r["protocolSection"]["statusModule"].update(
+            overallStatus=s))  # fmt: skip
+    fake.refresh("2026-11-26T09:00:05")  # two days of data at once: the missed versions are replayed
+    run("sync")
+    run("history", "NCT90000001", "--registry")  # every version read: the page tells what each changed
+    page = browser.new_page()
+    try:
+        page.goto(f"{base}/trial/NCT90000001")
+        story = page.get_by_role("region", name="Its story in the registry")
+        assert "version 1" in story.inner_text() and "Status: Recruiting → Suspended" in story.inner_text()
+        shoot(page, shots, "trial-registry-story")  # and it never scrolls sideways
+    finally:
+        page.close()
+
+
 def test_the_daemon_serves_the_pages_and_honours_a_mail_providers_one_click_post(
     tmp_path: Path, fake: FakeRegistry, database: ScratchDatabase
 ) -> None:
